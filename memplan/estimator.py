@@ -1,0 +1,269 @@
+"""The analytic estimator: memory of one training step, by category and by phase.
+
+    est = memplan.estimate("llama-7b", "golore", rank=128, batch_size=1, seq_len=2048)
+    est.breakdown          # {category: bytes} at the peak phase, overhead included
+    est.phases             # {phase: {category: bytes}} allocated bytes per phase
+    est.peak_phase, est.peak_bytes, est.device_total_bytes
+    est.fit("rtx-4090")    # Fit(fits, headroom_bytes, ...)
+
+Pure Python (no torch) and fast: the inventory is grouped by shape once per model,
+and an estimate applies each method's rule to a handful of shape groups.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+
+from memplan.activations import activations
+from memplan.errors import MemplanError
+from memplan.inventory import TensorSpec, _inventory, resolve_targets
+from memplan.methods import METHODS, Method, Shape, get_method
+from memplan.phases import StepTerms, compose
+from memplan.profiles import GPUProfile, ModelProfile, load_gpu, load_model
+from memplan.quant import QMAP_BYTES, quantized
+from memplan.units import MiB
+
+CATEGORIES = ("parameters", "gradients", "optimizer_states", "projectors", "activations", "temporaries", "overhead")
+PHASES = ("forward", "backward", "optimizer_step", "refresh_step")
+
+
+@dataclass(frozen=True)
+class Precision:
+    param: int  # bytes per weight element
+    grad: int  # bytes per gradient element (and optimizer-state element, which follows it)
+    compute: int  # bytes per activation element
+
+
+PRECISIONS = {
+    "bf16": Precision(2, 2, 2),  # pure bf16: weights, gradients, moments (the GaLore recipes)
+    "mixed": Precision(4, 4, 2),  # fp32 master weights, gradients and moments; bf16 autocast
+    "fp32": Precision(4, 4, 4),
+}
+
+# What a CUDA device adds on top of the tensors (an estimate; see ALGORITHMS.md):
+CUDA_CONTEXT_BYTES = 512 * MiB  # CUDA context, cuBLAS/cuDNN handles and workspaces
+FRAGMENTATION = 0.05  # caching-allocator reserve beyond the allocated peak (segment rounding)
+UNKNOWN_USABLE_MARGIN = 0.02  # share of nvidia-smi's total that CUDA cannot allocate, when not measured
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """One training run to estimate. Every field has a short meaning."""
+
+    model: ModelProfile
+    method: str = "adamw"
+    rank: int = 128  # projection / adapter rank (projection and adapter methods only)
+    update_gap: int = 200  # projection refresh interval T, in optimizer steps
+    target_modules: tuple[str, ...] | None = None  # None: the model family's defaults
+    precision: str = "bf16"  # bf16 | mixed | fp32
+    batch_size: int = 1  # micro-batch size per GPU
+    seq_len: int = 2048
+    layerwise: bool = False  # per-layer weight update during backward
+    checkpointing: bool = False  # activation checkpointing per block
+    train_non_target: bool | None = None  # adapter methods: train embeddings/head/norms (None: method default)
+
+    def __post_init__(self):
+        check_config(self)
+
+
+def _positive(name: str, value, flag: str):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise MemplanError(f"{name} must be a positive integer, got {value!r}. Use {flag} N with N >= 1.")
+
+
+def check_config(c: TrainingConfig) -> None:
+    method = get_method(c.method)
+    if c.precision not in PRECISIONS:
+        from memplan.errors import unknown
+
+        raise unknown("precision", c.precision, PRECISIONS, "memplan estimate --help")
+    _positive("Batch size", c.batch_size, "--batch-size")
+    _positive("Sequence length", c.seq_len, "--seq-len")
+    _positive("Update gap", c.update_gap, "--update-gap")
+    if method.uses_rank:
+        _positive("Rank", c.rank, "--rank")
+        k = _smallest_projected_dim(c.model, c.target_modules)
+        if c.rank > k:
+            raise MemplanError(f"Rank {c.rank} is larger than the smallest projected dimension ({k}) of "
+                               f"{c.model.name}. Use --rank between 1 and {k}.")
+
+
+def _smallest_projected_dim(model: ModelProfile, targets) -> int:
+    return min(min(s.shape) for s in _inventory(model, resolve_targets(model, targets)) if s.projected)
+
+
+@lru_cache(maxsize=512)
+def _groups(model: ModelProfile, targets: tuple[str, ...]) -> tuple[tuple[Shape, str, int], ...]:
+    """The inventory as (shape, role, count) groups: a handful per model."""
+    counts = Counter()
+    for s in _inventory(model, targets):
+        m, n = (s.shape[0], s.shape[1]) if len(s.shape) == 2 else (s.numel, 1)
+        counts[(Shape(m, n, s.projected), s.role)] += 1
+    return tuple((shape, role, n) for (shape, role), n in counts.items())
+
+
+@lru_cache(maxsize=4096)
+def _tensors(model: ModelProfile, targets, method: Method, rank: int, train_other: bool):
+    """(shape, role, count, trainable) after the method's adapters replace target weights."""
+    out = []
+    for shape, role, n in _groups(model, targets):
+        if method.adapter and shape.projected:
+            if method.adapter == "lora":  # frozen base + A (r x n) + B (m x r)
+                out.append((Shape(shape.m, shape.n, False), role, n, False))
+            out.append((Shape(rank, shape.n, False), "adapter", n, True))
+            out.append((Shape(shape.m, rank, False), "adapter", n, True))
+        else:
+            out.append((shape, role, n, not method.adapter or train_other))
+    return tuple(out)
+
+
+def _adapted_per_block(model: ModelProfile, targets) -> int:
+    return sum(1 for s in _inventory(model, targets) if s.projected) // model.num_hidden_layers
+
+
+@dataclass(frozen=True)
+class Fit:
+    gpu: GPUProfile
+    fits: bool
+    required_bytes: int  # the device total of the estimate
+    capacity_bytes: int  # what CUDA can allocate on this GPU
+    headroom_bytes: int  # capacity - required; negative: the shortfall
+
+    def to_dict(self) -> dict:
+        return {"gpu": self.gpu.id, "gpu_name": self.gpu.name, "fits": self.fits,
+                "required_bytes": self.required_bytes, "capacity_bytes": self.capacity_bytes,
+                "headroom_bytes": self.headroom_bytes}
+
+
+def capacity_bytes(gpu: GPUProfile) -> int:
+    if gpu.usable_mib:
+        return gpu.usable_mib * MiB
+    return int(gpu.memory_mib * MiB * (1 - UNKNOWN_USABLE_MARGIN))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    config: TrainingConfig
+    phases: dict  # {phase: {category: bytes}}, allocated categories (no overhead)
+    overhead: int  # CUDA context + allocator fragmentation
+    parameter_count: int
+    trainable_count: int
+    gpu: GPUProfile | None = None
+    _peak: tuple = field(default=(), repr=False)
+
+    @property
+    def peak_phase(self) -> str:
+        return max(PHASES, key=lambda p: (sum(self.phases[p].values()), -PHASES.index(p)))
+
+    @property
+    def peak_bytes(self) -> int:
+        """Allocated bytes at the peak: what the tensors hold."""
+        return sum(self.phases[self.peak_phase].values())
+
+    @property
+    def device_total_bytes(self) -> int:
+        """What the GPU must have: the allocated peak plus CUDA context and fragmentation."""
+        return self.peak_bytes + self.overhead
+
+    @property
+    def breakdown(self) -> dict[str, int]:
+        return {**self.phases[self.peak_phase], "overhead": self.overhead}
+
+    def fit(self, gpu: "str | GPUProfile | None" = None, gpu_file=None) -> Fit:
+        g = load_gpu(gpu, gpu_file) if gpu is not None else self.gpu
+        if g is None:
+            raise MemplanError("No GPU given: pass a GPU id such as 'rtx-4090' (see 'memplan gpus').")
+        cap = capacity_bytes(g)
+        need = self.device_total_bytes
+        return Fit(g, need <= cap, need, cap, cap - need)
+
+    def to_dict(self) -> dict:
+        c = self.config
+        cfg = {k: v for k, v in asdict(c).items() if k != "model"}
+        cfg["model"] = c.model.name
+        cfg["target_modules"] = list(resolve_targets(c.model, c.target_modules))
+        out = {
+            "config": cfg,
+            "parameter_count": self.parameter_count,
+            "trainable_count": self.trainable_count,
+            "breakdown": self.breakdown,
+            "phases": {p: {**v, "allocated": sum(v.values())} for p, v in self.phases.items()},
+            "peak_phase": self.peak_phase,
+            "peak_allocated_bytes": self.peak_bytes,
+            "device_total_bytes": self.device_total_bytes,
+            "units": "bytes",
+        }
+        if self.gpu is not None:
+            out["fit"] = self.fit().to_dict()
+        return out
+
+
+def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimate:
+    method = METHODS[get_method(c.method).name]
+    prec = PRECISIONS[c.precision]
+    targets = resolve_targets(c.model, c.target_modules)
+    train_other = method.train_non_target if c.train_non_target is None else c.train_non_target
+    r = c.rank if method.uses_rank else 0
+    tensors = _tensors(c.model, targets, method, r, train_other)
+
+    params = grads = states = projs = 0
+    n_params = n_trainable = 0
+    largest_grad = first_grad = step_temp = 0
+    refresh_temp = None
+    any_quantized = False
+    s = prec.grad  # optimizer state follows the gradient dtype
+    for shape, role, n, trainable in tensors:
+        numel = shape.numel
+        n_params += n * numel
+        params += n * numel * prec.param
+        if not trainable:
+            continue
+        n_trainable += n * numel
+        grads += n * numel * prec.grad
+        st, pj = method.state(shape, r, s)
+        states += n * st
+        projs += n * pj
+        largest_grad = max(largest_grad, numel * prec.grad)
+        if role == "head" or (role == "embedding" and c.model.tie_word_embeddings and c.model.is_decoder):
+            first_grad = max(first_grad, numel * prec.grad)
+        step_temp = max(step_temp, method.step_temp(shape, r, s))
+        if method.eightbit and quantized(r * shape.K if shape.projected else numel):
+            any_quantized = True
+    if method.refresh_temp is not None:  # one projected (or, for ReLoRA, adapted) weight at a time
+        refresh_temp = max(method.refresh_temp(shape, r, s) for shape, _, _ in _groups(c.model, targets)
+                           if shape.projected)
+    if any_quantized:
+        states += QMAP_BYTES  # shared quantization maps, once
+
+    adapters = 2 * _adapted_per_block(c.model, targets) if method.adapter else 0
+    acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapters // 2)
+    terms = StepTerms(params, grads, first_grad, largest_grad, states, projs, step_temp, refresh_temp,
+                      c.layerwise, c.checkpointing)
+    phases = compose(terms, acts)
+    peak = max(sum(p.values()) for p in phases.values())
+    overhead = CUDA_CONTEXT_BYTES + int(peak * FRAGMENTATION)
+    return Estimate(c, phases, overhead, n_params, n_trainable, gpu)
+
+
+def estimate(model, method: str = "adamw", *, gpu=None, gpu_file=None, **options) -> Estimate:
+    """Estimate one training step. `model`: profile name, config.json path or ModelProfile.
+
+    Options are the fields of `TrainingConfig` (rank, update_gap, target_modules,
+    precision, batch_size, seq_len, layerwise, checkpointing, train_non_target).
+    """
+    profile = load_model(model)
+    unknown_opts = set(options) - set(TrainingConfig.__dataclass_fields__)
+    if unknown_opts:
+        raise MemplanError(f"Unknown option(s) {', '.join(sorted(unknown_opts))}. "
+                           f"Allowed: {', '.join(f for f in TrainingConfig.__dataclass_fields__ if f != 'model')}.")
+    if isinstance(options.get("target_modules"), (str, list)):
+        options["target_modules"] = resolve_targets(profile, options["target_modules"])
+    config = TrainingConfig(model=profile, method=get_method(method).name, **options)
+    g = load_gpu(gpu, gpu_file) if gpu is not None else None
+    return estimate_config(config, g)
+
+
+def with_options(config: TrainingConfig, **changes) -> TrainingConfig:
+    """A copy of `config` with some fields changed (validated again)."""
+    return replace(config, **changes)

@@ -1,0 +1,233 @@
+"""The memory rule of every method, registered in one table.
+
+A rule answers, for one trainable tensor of shape (m, n) (`n == 1` for vectors),
+how many bytes of optimizer state and of projectors the method keeps, and what
+transient memory its optimizer step and its projection refresh need. Shapes follow
+`nn.Linear`: m = out_features, n = in_features, k = min(m, n), K = max(m, n).
+See ../shared/design/ALGORITHMS.md for the algorithms behind each rule and
+docs/CONTRACT.md for the exact state layout the bundled optimizers share.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from memplan.quant import moment8_bytes
+
+STEP = 4  # state["step"]: a 0-d fp32 tensor per parameter with state, as torch.optim.AdamW keeps it
+
+
+@dataclass(frozen=True)
+class Shape:
+    m: int
+    n: int
+    projected: bool  # a target weight (GaLore-style projection applies)
+
+    @property
+    def numel(self) -> int:
+        return self.m * self.n
+
+    @property
+    def k(self) -> int:
+        return min(self.m, self.n)
+
+    @property
+    def K(self) -> int:
+        return max(self.m, self.n)
+
+    @property
+    def matrix(self) -> bool:
+        return self.n > 1
+
+
+# ---------------------------------------------------------------- plain optimizers
+# Each returns (optimizer_states, projectors) bytes; s = bytes of a state element.
+
+def adamw_state(t: Shape, r: int, s: int) -> tuple[int, int]:
+    return 2 * t.numel * s + STEP, 0  # exp_avg + exp_avg_sq, full size
+
+
+def sgd_state(t: Shape, r: int, s: int) -> tuple[int, int]:
+    return t.numel * s, 0  # momentum_buffer; torch.optim.SGD keeps no step
+
+
+def adafactor_state(t: Shape, r: int, s: int) -> tuple[int, int]:
+    if t.matrix:  # fp32 row (m) + column (n) second-moment factors + fp32 first moment (beta1 set)
+        return (t.m + t.n) * 4 + t.numel * 4 + STEP, 0
+    return 2 * t.numel * 4 + STEP, 0  # fp32 second moment + fp32 first moment
+
+
+def adam8bit_state(t: Shape, r: int, s: int) -> tuple[int, int]:
+    return moment8_bytes(t.numel) + STEP, 0
+
+
+# ---------------------------------------------------------------- projection methods
+
+def galore_state(t: Shape, r: int, s: int) -> tuple[int, int]:
+    if not t.projected:
+        return adamw_state(t, r, s)
+    return 2 * r * t.K * s + STEP, r * t.k * s  # 2 moments x r x K; projector P is r x k
+
+
+def galore8bit_state(t: Shape, r: int, s: int) -> tuple[int, int]:
+    if not t.projected:
+        return adam8bit_state(t, r, s)
+    return moment8_bytes(r * t.K) + STEP, r * t.k * s  # 8-bit moments of the r x K projected gradient
+
+
+def sumo_state(t: Shape, r: int, s: int) -> tuple[int, int]:
+    if not t.projected:
+        return adamw_state(t, r, s)
+    # Q spans the larger side (K x r); one moment M of r x k; the norm-growth limiter keeps one fp32 scalar
+    return r * t.k * s + 4 + STEP, r * t.K * s
+
+
+def gradnormlorp_state(t: Shape, r: int, s: int) -> tuple[int, int]:
+    if not t.projected:
+        return adamw_state(t, r, s)
+    states, proj = galore_state(t, r, s)
+    return states + 3 * t.m * s, proj  # magnitude g (m) and its two Adam moments
+
+
+def gradnormlorp8bit_state(t: Shape, r: int, s: int) -> tuple[int, int]:
+    if not t.projected:
+        return adam8bit_state(t, r, s)
+    states, proj = galore8bit_state(t, r, s)
+    return states + 3 * t.m * s, proj
+
+
+# ---------------------------------------------------------------- transients
+# Bytes alive, beyond state and gradient, while one tensor is stepped (the largest
+# tensor sets the phase's temporaries), and during a projection refresh.
+
+def adamw_step_temp(t: Shape, r: int, s: int) -> int:
+    return 2 * t.numel * s  # denom: sqrt(exp_avg_sq) then the division by the bias correction
+
+
+def no_temp(t: Shape, r: int, s: int) -> int:
+    return 0
+
+
+def adafactor_step_temp(t: Shape, r: int, s: int) -> int:
+    return 2 * t.numel * 4  # fp32 grad**2 and the fp32 update
+
+
+def adam8bit_step_temp(t: Shape, r: int, s: int) -> int:
+    return 3 * t.numel * 4  # both moments dequantized to fp32 + the fp32 update
+
+
+def galore_step_temp(t: Shape, r: int, s: int) -> int:
+    if not t.projected:
+        return adamw_step_temp(t, r, s)
+    # projected gradient R, denom, low-rank update (each r x K), and the full-size update P^T N
+    return 3 * r * t.K * s + t.numel * s
+
+
+def galore8bit_step_temp(t: Shape, r: int, s: int) -> int:
+    if not t.projected:
+        return adam8bit_step_temp(t, r, s)
+    return 3 * r * t.K * 4 + r * t.K * s + t.numel * s  # dequantized moments + update (fp32), R, back-projection
+
+
+def sumo_step_temp(t: Shape, r: int, s: int) -> int:
+    if not t.projected:
+        return adamw_step_temp(t, r, s)
+    # G_hat (r x k), O (r x k) + its SVD factors (fp32), Q O and G - Q G_hat (full size)
+    return 2 * r * t.k * s + 4 * (r * r + r + r * t.k) + 2 * t.numel * s
+
+
+def gradnormlorp_step_temp(t: Shape, r: int, s: int) -> int:
+    if not t.projected:
+        return adamw_step_temp(t, r, s)
+    # dL/dV (full size) on top of GaLore's step, and the row norms
+    return galore_step_temp(t, r, s) + t.numel * s + 2 * t.m * 4
+
+
+def gradnormlorp8bit_step_temp(t: Shape, r: int, s: int) -> int:
+    if not t.projected:
+        return adam8bit_step_temp(t, r, s)
+    return galore8bit_step_temp(t, r, s) + t.numel * s + 2 * t.m * 4
+
+
+def svd_refresh_temp(t: Shape, r: int, s: int) -> int:
+    # torch.linalg.svd(G.float(), full_matrices=False): fp32 copy of G, U (m x k), S (k), Vh (k x n)
+    return 4 * (t.numel + t.m * t.k + t.k + t.k * t.n)
+
+
+def random_refresh_temp(t: Shape, r: int, s: int) -> int:
+    # GoLore: a Gaussian frame (r x k, fp32), its QR factors Q and R, the new P; no SVD
+    return 4 * (2 * r * t.k + r * r) + r * t.k * s
+
+
+def randomized_svd_refresh_temp(t: Shape, r: int, s: int) -> int:
+    # SUMO: Halko et al. with oversampling p: Omega (k x (r+p)), Y = G Omega (K x (r+p)),
+    # its QR, B = Q^T G ((r+p) x k), the small SVD of B; all fp32, plus the fp32 copy of G
+    rp = r + OVERSAMPLE
+    return 4 * (t.numel + t.k * rp + 2 * t.K * rp + rp * t.k + rp * rp + rp)
+
+
+OVERSAMPLE = 10
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    paper: str
+    state: Callable[[Shape, int, int], tuple[int, int]]
+    step_temp: Callable[[Shape, int, int], int]
+    refresh_temp: Callable[[Shape, int, int], int] | None = None  # None: no projection refresh
+    adapter: str | None = None  # "lora" or "lowrank": the method changes the parameter set
+    eightbit: bool = False  # keeps block-wise 8-bit state (shared quantization maps)
+    uses_rank: bool = False
+    train_non_target: bool = True  # default for non-target parameters (adapter methods)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("adamw", "Full-rank AdamW: two full-size moments per parameter.",
+           "Loshchilov & Hutter, Decoupled Weight Decay Regularization (ICLR 2019)", adamw_state, adamw_step_temp),
+    Method("sgd", "SGD with momentum: one full-size buffer per parameter.",
+           "Polyak heavy-ball momentum (torch.optim.SGD)", sgd_state, no_temp),
+    Method("adafactor", "Adafactor: factored fp32 second moment (rows + columns), fp32 first moment.",
+           "Shazeer & Stern, Adafactor (ICML 2018)", adafactor_state, adafactor_step_temp),
+    Method("adam8bit", "8-bit Adam: block-wise quantized moments (bitsandbytes layout).",
+           "Dettmers et al., 8-bit Optimizers via Block-wise Quantization (ICLR 2022)",
+           adam8bit_state, adam8bit_step_temp, eightbit=True),
+    Method("lora", "LoRA: frozen base weights, trainable low-rank adapters A (r x n), B (m x r).",
+           "Hu et al., LoRA (ICLR 2022)", adamw_state, adamw_step_temp,
+           adapter="lora", uses_rank=True, train_non_target=False),
+    Method("relora", "ReLoRA: LoRA with periodic merges into the base weights and optimizer resets.",
+           "Lialin et al., ReLoRA: High-Rank Training Through Low-Rank Updates (ICLR 2024)",
+           adamw_state, adamw_step_temp, refresh_temp=lambda t, r, s: t.numel * s,  # merged B A, m x n
+           adapter="lora", uses_rank=True),
+    Method("lowrank", "Low-rank factorization W = B A trained from scratch; no full W.",
+           "Kamalakara et al., Exploring Low Rank Training of Deep Neural Networks (2022)",
+           adamw_state, adamw_step_temp, adapter="lowrank", uses_rank=True),
+    Method("galore", "GaLore: Adam in an SVD subspace of each gradient, refreshed every T steps.",
+           "Zhao et al., GaLore (ICML 2024)", galore_state, galore_step_temp, svd_refresh_temp, uses_rank=True),
+    Method("galore8bit", "GaLore with block-wise 8-bit low-rank moments and 8-bit Adam elsewhere.",
+           "Zhao et al., GaLore (ICML 2024)", galore8bit_state, galore8bit_step_temp, svd_refresh_temp,
+           eightbit=True, uses_rank=True),
+    Method("golore", "GoLore: GaLore with random (Stiefel) projections, SVD-free refreshes.",
+           "He et al., Subspace Optimization for LLMs with Convergence Guarantees (ICML 2025)",
+           galore_state, galore_step_temp, random_refresh_temp, uses_rank=True),
+    Method("sumo", "SUMO: one subspace moment, orthogonalized by SVD, randomized-SVD subspace.",
+           "Refael et al., SUMO: Subspace-Aware Moment-Orthogonalization (NeurIPS 2025)",
+           sumo_state, sumo_step_temp, randomized_svd_refresh_temp, uses_rank=True),
+    Method("gradnormlorp", "GradNormLoRP: weight-normalized weights, low-rank projected direction updates.",
+           "Huang et al., Gradient Weight-normalized Low-rank Projection (AAAI 2025)",
+           gradnormlorp_state, gradnormlorp_step_temp, svd_refresh_temp, uses_rank=True),
+    Method("gradnormlorp8bit", "GradNormLoRP with block-wise 8-bit low-rank moments.",
+           "Huang et al., Gradient Weight-normalized Low-rank Projection (AAAI 2025)",
+           gradnormlorp8bit_state, gradnormlorp8bit_step_temp, svd_refresh_temp, eightbit=True, uses_rank=True),
+]}
+
+
+def get_method(name: str) -> Method:
+    from memplan.errors import unknown
+
+    key = str(name).strip().lower().replace("-", "").replace("_", "")
+    for m in METHODS:
+        if m.replace("-", "") == key:
+            return METHODS[m]
+    raise unknown("method", str(name), METHODS, "memplan methods")

@@ -1,0 +1,80 @@
+"""Compose the phases of one training step from the per-category terms.
+
+A step passes through phases and the peak is the largest, not the sum of the
+categories (ALGORITHMS.md, "The peak is not a sum"). Each phase is the moment of
+highest memory within it:
+
+- forward: end of the forward pass, while the loss is computed. No gradients
+  (zero_grad(set_to_none=True) freed the previous step's).
+- backward: the larger of its two ends. At its start everything saved is alive, plus
+  the gradients of the loss w.r.t. the logits and the head's gradient; at its end all
+  gradients exist and the activations are gone (in between, one grows as the other
+  shrinks, so an end is the maximum). With checkpointing, one block's activations are
+  recomputed on top of the kept block inputs. With the per-layer update, each
+  gradient is consumed by its parameter's optimizer step as soon as it is complete:
+  at most the largest one is alive, and that step's transients happen here.
+- optimizer_step: all gradients, states and projectors, plus the transients of the
+  step of the largest tensor (the bundled optimizers step one tensor at a time).
+- refresh_step: the optimizer step of a step that refreshes the projection, plus the
+  refresh transients (SVD / QR / merge) of the largest projected weight. Methods
+  without a refresh report the optimizer step again.
+
+Owned jointly with the measurement (memplan/measure/).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memplan.activations import Activations
+
+
+@dataclass(frozen=True)
+class StepTerms:
+    parameters: int
+    gradients: int  # all trainable gradients
+    first_gradient: int  # the gradient produced first in backward (the head's)
+    largest_gradient: int
+    optimizer_states: int
+    projectors: int
+    step_temp: int  # transients of the largest tensor's optimizer step
+    refresh_temp: int | None  # transients of one projection refresh; None without refresh
+    layerwise: bool
+    checkpointing: bool
+
+
+def _phase(t: StepTerms, gradients: int, activations: int, temporaries: int) -> dict[str, int]:
+    return {
+        "parameters": t.parameters,
+        "gradients": gradients,
+        "optimizer_states": t.optimizer_states,
+        "projectors": t.projectors,
+        "activations": activations,
+        "temporaries": temporaries,
+    }
+
+
+def _total(phase: dict[str, int]) -> int:
+    return sum(phase.values())
+
+
+def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
+    saved = a.saved(t.checkpointing)
+    forward = _phase(t, 0, saved, a.loss_fwd_transient)
+
+    # per-layer update: a gradient lives only until its parameter's step, which runs here
+    grad_start = t.largest_gradient if t.layerwise else t.first_gradient
+    temp_start = max(a.loss_bwd_transient, t.step_temp) if t.layerwise else a.loss_bwd_transient
+    candidates = [_phase(t, grad_start, saved, temp_start)]
+    if t.checkpointing:  # the last block recomputed once the head's backward freed the logits
+        recomputed = saved - a.logits - a.loss_saved + a.block
+        candidates.append(_phase(t, grad_start, recomputed, t.step_temp if t.layerwise else 0))
+    if not t.layerwise:  # end of backward: every gradient, no activations
+        candidates.append(_phase(t, t.gradients, 0, 0))
+    backward = max(candidates, key=_total)
+
+    step = _phase(t, 0, 0, 0) if t.layerwise else _phase(t, t.gradients, 0, t.step_temp)
+    stepping = backward if t.layerwise else step  # the phase in which optimizer steps run
+    refresh = dict(stepping)
+    if t.refresh_temp is not None:
+        refresh["temporaries"] = max(stepping["temporaries"], t.refresh_temp)
+    return {"forward": forward, "backward": backward, "optimizer_step": step, "refresh_step": refresh}
