@@ -1,0 +1,87 @@
+"""Shared CLI pieces: the estimate options, error handling, option -> library call."""
+from __future__ import annotations
+
+import functools
+
+import click
+
+from memplan.errors import MemplanError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class CLIError(click.ClickException):
+    """Printed as one line, `Error: ...`, with exit code 2 (bad input)."""
+
+    exit_code = 2
+
+
+def handle_errors(f):
+    """Library errors become `Error: ...` (exit code 2), never a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except MemplanError as e:
+            raise CLIError(str(e)) from None
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+
+    return wrapper
+
+
+def model_options(f):
+    """--model and the options that shape the run (shared by estimate, fit, compare, sweep, plan)."""
+    opts = [
+        click.option("--model", "-m", required=True,
+                     help="Built-in profile (see 'memplan models') or path to a HF config.json / its folder."),
+        click.option("--update-gap", type=int, default=200, show_default=True,
+                     help="Projection refresh interval T (steps)."),
+        click.option("--target-modules", default=None,
+                     help="Comma-separated module names to project/adapt (default: attention + MLP linears)."),
+        click.option("--precision", type=click.Choice(["bf16", "mixed", "fp32"]), default="bf16", show_default=True,
+                     help="bf16: pure bf16 weights/grads/states; mixed: fp32 master + bf16 autocast; fp32."),
+        click.option("--layerwise/--no-layerwise", default=False, show_default=True,
+                     help="Per-layer weight update during backward (gradients freed at once)."),
+        click.option("--checkpointing/--no-checkpointing", default=False, show_default=True,
+                     help="Activation checkpointing per block."),
+        click.option("--train-non-target/--freeze-non-target", default=None,
+                     help="Adapter methods (lora, relora, lowrank): train embeddings, head and norms too."),
+        click.option("--gpu-file", type=click.Path(dir_okay=False), default=None,
+                     help="TOML or JSON file adding or overriding GPU profiles."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def estimate_options(f):
+    opts = [
+        click.option("--method", default="adamw", show_default=True, help="Training method (see 'memplan methods')."),
+        click.option("--rank", "-r", type=int, default=128, show_default=True,
+                     help="Projection / adapter rank (projection and adapter methods)."),
+        click.option("--batch-size", "-b", type=int, default=1, show_default=True, help="Micro-batch size per GPU."),
+        click.option("--seq-len", "-s", type=int, default=2048, show_default=True, help="Sequence length (tokens)."),
+        click.option("--gpu", "-g", default=None, help="GPU profile id for the fit verdict (see 'memplan gpus')."),
+    ]
+    f = model_options(f)
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+CONFIG_KEYS = ("rank", "update_gap", "target_modules", "precision", "batch_size", "seq_len", "layerwise",
+               "checkpointing", "train_non_target")
+
+
+def config_kwargs(opts: dict) -> dict:
+    """The TrainingConfig fields among the parsed options."""
+    return {k: opts[k] for k in CONFIG_KEYS if k in opts}
+
+
+def run_estimate(opts: dict):
+    from memplan.estimator import estimate
+
+    return estimate(opts["model"], opts["method"], gpu=opts.get("gpu"), gpu_file=opts.get("gpu_file"),
+                    **config_kwargs(opts))

@@ -1,0 +1,104 @@
+"""The `memplan` command line: parses options, calls the library, prints tables.
+
+Library errors (`MemplanError`) become one-line `Error: ...` messages with exit
+code 2 and no traceback. Commands from other modules of this package
+(validate, planner, app) are added to the group when present.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+
+import click
+
+from memplan.cli.common import CONTEXT_SETTINGS, estimate_options, handle_errors, run_estimate
+from memplan.cli.tables import estimate_table, gpus_table, methods_table, models_table
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="memplan", prog_name="memplan")
+def cli():
+    """Memory planner for memory-efficient LLM training.
+
+    Estimate the memory of one training step (by category and phase), check the
+    fit on a GPU, compare methods (GaLore, GoLore, SUMO, GradNormLoRP, AdamW,
+    8-bit Adam, Adafactor, LoRA, ReLoRA, ...) and size hardware.
+
+    Example: memplan estimate --model llama-7b --method golore --rank 128 --gpu rtx-4090
+    """
+
+
+@cli.command()
+@estimate_options
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON (bytes).")
+@handle_errors
+def estimate(as_json, **opts):
+    """Memory of one training step: categories, phases, peak and GPU fit.
+
+    \b
+    Example:
+      memplan estimate --model llama-7b --method golore --rank 128 --gpu rtx-4090
+      memplan estimate --model ./my-model/config.json --method galore8bit --layerwise --json
+    """
+    est = run_estimate(opts)
+    if as_json:
+        click.echo(json.dumps(est.to_dict(), indent=2))
+    else:
+        click.echo(estimate_table(est))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@handle_errors
+def models(as_json):
+    """List the built-in model profiles (any HF config.json path works too).
+
+    Example: memplan models
+    """
+    click.echo(models_table(as_json))
+
+
+@cli.command()
+@click.option("--gpu-file", type=click.Path(dir_okay=False), default=None,
+              help="TOML or JSON file adding or overriding GPU profiles.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@handle_errors
+def gpus(gpu_file, as_json):
+    """List the GPU profiles: memory as the driver reports it, and prices.
+
+    Example: memplan gpus
+    """
+    click.echo(gpus_table(gpu_file, as_json))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def methods(as_json):
+    """List the training methods, each with a one-line description and its paper.
+
+    Example: memplan methods
+    """
+    click.echo(methods_table(as_json))
+
+
+def _add_optional_commands() -> None:
+    for name in ("validate", "planner", "app"):
+        mod_name = f"memplan.cli.{name}"
+        if importlib.util.find_spec(mod_name) is None:
+            continue
+        mod = importlib.import_module(mod_name)
+        for cmd in getattr(mod, "COMMANDS", ()):
+            cli.add_command(cmd)
+
+
+_add_optional_commands()
+
+
+def main() -> None:
+    cli(prog_name="memplan")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

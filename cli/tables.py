@@ -1,0 +1,93 @@
+"""Tables for the CLI (tabulate). Bytes are shown in GiB (2**30 bytes)."""
+from __future__ import annotations
+
+import json
+
+from tabulate import tabulate
+
+from memplan.estimator import CATEGORIES, PHASES, Estimate, capacity_bytes
+from memplan.methods import METHODS
+from memplan.profiles import load_gpus, load_model, model_names
+from memplan.inventory import parameter_count
+from memplan.units import GiB, fmt_count
+
+
+def g(n: int) -> str:
+    return f"{n / GiB:,.2f}"
+
+
+def describe_config(est: Estimate) -> str:
+    c = est.config
+    m = METHODS[c.method]
+    parts = [c.model.name, f"{fmt_count(est.parameter_count)} params"]
+    if est.trainable_count != est.parameter_count:
+        parts[-1] += f" ({fmt_count(est.trainable_count)} trainable)"
+    meth = c.method + (f" rank {c.rank}" if m.uses_rank else "")
+    parts += [meth, c.precision, f"batch {c.batch_size} x seq {c.seq_len}"]
+    if c.layerwise:
+        parts.append("per-layer update")
+    if c.checkpointing:
+        parts.append("checkpointing")
+    return " | ".join(parts)
+
+
+def estimate_table(est: Estimate) -> str:
+    peak = est.peak_phase
+    headers = ["GiB"] + [p + (" *" if p == peak else "") for p in PHASES]
+    rows = []
+    for cat in CATEGORIES[:-1]:
+        rows.append([cat] + [g(est.phases[p][cat]) for p in PHASES])
+    rows.append(["allocated"] + [g(sum(est.phases[p].values())) for p in PHASES])
+    lines = [describe_config(est), "", tabulate(rows, headers, tablefmt="simple", disable_numparse=True,
+                                                colalign=("left",) + ("right",) * len(PHASES)), ""]
+    lines.append(f"Peak allocated: {g(est.peak_bytes)} GiB in the {peak} phase (* above)")
+    lines.append(f"Device total:   {g(est.device_total_bytes)} GiB "
+                 f"(+ {g(est.overhead)} GiB overhead: CUDA context and allocator fragmentation)")
+    if est.gpu is not None:
+        fit = est.fit()
+        cap = f"{fit.gpu.name}, {g(fit.capacity_bytes)} GiB usable"
+        if fit.fits:
+            lines.append(f"Verdict:        FITS on {cap}; headroom {g(fit.headroom_bytes)} GiB")
+        else:
+            lines.append(f"Verdict:        DOES NOT FIT on {cap}; short by {g(-fit.headroom_bytes)} GiB")
+            hints = [h for h, on in (("--layerwise", est.config.layerwise),
+                                     ("--checkpointing", est.config.checkpointing)) if not on]
+            if hints:
+                lines.append(f"                try {' or '.join(hints)}, a smaller batch, or 'memplan fit'")
+    return "\n".join(lines)
+
+
+def models_table(as_json: bool = False) -> str:
+    rows = []
+    for name in model_names():
+        p = load_model(name)
+        rows.append({"name": name, "family": p.family, "parameters": parameter_count(p), "layers": p.num_hidden_layers,
+                     "hidden": p.hidden_size, "heads": p.num_attention_heads, "kv_heads": p.num_key_value_heads,
+                     "vocab": p.vocab_size, "description": p.description})
+    if as_json:
+        return json.dumps(rows, indent=2)
+    table = [[r["name"], r["family"], f"{r['parameters']:,}", r["layers"], r["hidden"],
+              f"{r['heads']}/{r['kv_heads']}", r["vocab"], r["description"]] for r in rows]
+    return tabulate(table, ["model", "family", "parameters", "layers", "hidden", "heads/kv", "vocab", "description"],
+                    disable_numparse=True)
+
+
+def gpus_table(gpu_file=None, as_json: bool = False) -> str:
+    gpus = load_gpus(gpu_file)
+    if as_json:
+        from dataclasses import asdict
+
+        return json.dumps([{**asdict(gp), "capacity_bytes": capacity_bytes(gp)} for gp in gpus.values()], indent=2)
+    price = lambda v, fmt: "" if v is None else fmt.format(v)  # noqa: E731
+    rows = [[gp.id, gp.name, gp.memory_mib, g(capacity_bytes(gp)), price(gp.price_per_hour_usd, "${:.2f}"),
+             price(gp.price_purchase_usd, "${:,.0f}"), gp.price_date]
+            for gp in sorted(gpus.values(), key=lambda x: (x.memory_mib, x.id))]
+    return tabulate(rows, ["id", "name", "nvidia-smi MiB", "usable GiB", "$/hour", "purchase", "price date"],
+                    disable_numparse=True, colalign=("left", "left", "right", "right", "right", "right", "left"))
+
+
+def methods_table(as_json: bool = False) -> str:
+    if as_json:
+        return json.dumps([{"name": m.name, "description": m.description, "paper": m.paper,
+                            "uses_rank": m.uses_rank} for m in METHODS.values()], indent=2)
+    return tabulate([[m.name, m.description, m.paper] for m in METHODS.values()], ["method", "description", "paper"])
