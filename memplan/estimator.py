@@ -209,7 +209,7 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
 
     params = grads = states = projs = 0
     n_params = n_trainable = 0
-    largest_grad = first_grad = step_temp = 0
+    largest_grad = first_grad = first_step_temp = step_temp = 0
     refresh_temp = None
     any_quantized = False
     s = prec.grad  # optimizer state follows the gradient dtype
@@ -227,6 +227,7 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
         largest_grad = max(largest_grad, numel * prec.grad)
         if role == "head" or (role == "embedding" and c.model.tie_word_embeddings and c.model.is_decoder):
             first_grad = max(first_grad, numel * prec.grad)
+            first_step_temp = max(first_step_temp, method.step_temp(shape, r, s))
         step_temp = max(step_temp, method.step_temp(shape, r, s))
         if method.eightbit and quantized(r * shape.K if shape.projected else numel):
             any_quantized = True
@@ -238,7 +239,7 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
 
     adapters = 2 * _adapted_per_block(c.model, targets) if method.adapter else 0
     acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapters // 2)
-    terms = StepTerms(params, grads, first_grad, largest_grad, states, projs, step_temp, refresh_temp,
+    terms = StepTerms(params, grads, first_grad, first_step_temp, largest_grad, states, projs, step_temp, refresh_temp,
                       c.layerwise, c.checkpointing)
     phases = compose(terms, acts)
     peak = max(sum(p.values()) for p in phases.values())

@@ -33,6 +33,7 @@ class StepTerms:
     parameters: int
     gradients: int  # all trainable gradients
     first_gradient: int  # the gradient produced first in backward (the head's)
+    first_step_temp: int  # transients of the head's optimizer step (per-layer update)
     largest_gradient: int
     optimizer_states: int
     projectors: int
@@ -61,14 +62,17 @@ def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
     saved = a.saved(t.checkpointing)
     forward = _phase(t, 0, saved, a.loss_fwd_transient)
 
-    # per-layer update: a gradient lives only until its parameter's step, which runs here
-    grad_start = t.largest_gradient if t.layerwise else t.first_gradient
-    temp_start = max(a.loss_bwd_transient, t.step_temp) if t.layerwise else a.loss_bwd_transient
-    candidates = [_phase(t, grad_start, saved, temp_start)]
+    # backward starts with the head: everything saved, the loss gradients, the head's gradient
+    candidates = [_phase(t, t.first_gradient, saved, a.loss_bwd_transient)]
     if t.checkpointing:  # the last block recomputed once the head's backward freed the logits
-        recomputed = saved - a.logits - a.loss_saved + a.block
-        candidates.append(_phase(t, grad_start, recomputed, t.step_temp if t.layerwise else 0))
-    if not t.layerwise:  # end of backward: every gradient, no activations
+        candidates.append(_phase(t, t.first_gradient, saved - a.logits - a.loss_saved + a.block, 0))
+    if t.layerwise:
+        # per-layer update: the head is stepped as soon as its gradient is complete (the logits and
+        # the loss are freed by then); later gradients are consumed one at a time, each alive only
+        # until its own step, while the activations shrink
+        if t.first_gradient:
+            candidates.append(_phase(t, t.first_gradient, saved - a.logits - a.loss_saved, t.first_step_temp))
+    else:  # end of backward: every gradient, no activations
         candidates.append(_phase(t, t.gradients, 0, 0))
     backward = max(candidates, key=_total)
 

@@ -1,0 +1,179 @@
+"""Exact byte counts worked out by hand on a tiny model, for every method.
+
+The tiny model (tests/data/tiny_llama.json): h=64, i=128, 4 heads of 16, 2 kv heads
+(kv width 32), one block, vocab 100, untied head. Its 12 tensors:
+  embed (100, 64) 6400 | head (100, 64) 6400 | 3 norms (64,)
+  q (64, 64) 4096 | k (32, 64) 2048 | v (32, 64) 2048 | o (64, 64) 4096
+  gate (128, 64) 8192 | up (128, 64) 8192 | down (64, 128) 8192
+Total 49,856; non-projected 12,992 (5 tensors); projected 36,864 (7 tensors).
+bf16, rank 8: state element 2 bytes; each stateful tensor keeps a 4-byte step.
+"""
+import pytest
+
+import memplan
+from memplan import METHODS, estimate
+
+R = 8
+STEP = 4
+
+# (optimizer_states, projectors) per method, by hand:
+EXPECTED = {
+    # 2 moments x 49856 x 2 B + 12 steps
+    "adamw": (2 * 49856 * 2 + 12 * STEP, 0),
+    # one momentum buffer, no step
+    "sgd": (49856 * 2, 0),
+    # fp32: matrices (m + n) * 4 + N * 4 + step; vectors 2 * N * 4 + step
+    "adafactor": (2 * (164 * 4 + 6400 * 4 + 4) + 2 * (128 * 4 + 4096 * 4 + 4) + 2 * (96 * 4 + 2048 * 4 + 4)
+                  + 3 * (192 * 4 + 8192 * 4 + 4) + 3 * (2 * 64 * 4 + 4), 0),
+    # 8-bit: N >= 4096 -> 2 x (N codes + ceil(N/256) fp32 absmax); smaller -> 2 fp32 moments; + 2048 B of maps
+    "adam8bit": (2 * (2 * (6400 + 25 * 4) + 4) + 2 * (2 * (4096 + 16 * 4) + 4) + 2 * (2 * 2048 * 4 + 4)
+                 + 3 * (2 * (8192 + 32 * 4) + 4) + 3 * (2 * 64 * 4 + 4) + 2048, 0),
+    # projected: 2 moments x r x K + step (K = 64 for q/k/v/o, 128 for the MLP); others AdamW;
+    # projectors r x k (k = 64, 32, 32, 64, 64, 64, 64)
+    "galore": (4 * (2 * R * 64 * 2 + 4) + 3 * (2 * R * 128 * 2 + 4) + 2 * 12992 * 2 + 5 * 4,
+               R * (64 + 32 + 32 + 64 + 3 * 64) * 2),
+    # r x K = 512 or 1024 < 4096: fp32 moments; embed/head quantized (adam8bit); maps once
+    "golore": (4 * (2 * R * 64 * 2 + 4) + 3 * (2 * R * 128 * 2 + 4) + 2 * 12992 * 2 + 5 * 4,
+               R * (64 + 32 + 32 + 64 + 3 * 64) * 2),  # same state as GaLore
+    "galore8bit": (4 * (2 * R * 64 * 4 + 4) + 3 * (2 * R * 128 * 4 + 4)
+                   + 2 * (2 * (6400 + 25 * 4) + 4) + 3 * (2 * 64 * 4 + 4) + 2048,
+                   R * (64 + 32 + 32 + 64 + 3 * 64) * 2),
+    # one moment r x k + limiter scalar + step; Q is K x r
+    "sumo": ((R * 64 * 2 + 8) * 2 + (R * 32 * 2 + 8) * 2 + (R * 64 * 2 + 8) * 3 + 2 * 12992 * 2 + 5 * 4,
+             R * (64 * 4 + 128 * 3) * 2),
+    # GaLore's + magnitude g and its two moments: 3 x m per projected weight (sum of m = 512)
+    "gradnormlorp": (4 * (2 * R * 64 * 2 + 4) + 3 * (2 * R * 128 * 2 + 4) + 2 * 12992 * 2 + 5 * 4 + 3 * 512 * 2,
+                     R * (64 + 32 + 32 + 64 + 3 * 64) * 2),
+    "gradnormlorp8bit": (4 * (2 * R * 64 * 4 + 4) + 3 * (2 * R * 128 * 4 + 4)
+                         + 2 * (2 * (6400 + 25 * 4) + 4) + 3 * (2 * 64 * 4 + 4) + 2048 + 3 * 512 * 2,
+                         R * (64 + 32 + 32 + 64 + 3 * 64) * 2),
+    # adapters: r x (m + n) per projected weight = 8 x (128 + 96 + 96 + 128 + 3 x 192) = 8192 elements, 14 tensors
+    "lora": (2 * 8192 * 2 + 14 * 4, 0),  # non-target frozen (fine-tuning default)
+    "relora": (2 * (8192 + 12992) * 2 + 19 * 4, 0),  # pre-training: non-target trainable
+    "lowrank": (2 * (8192 + 12992) * 2 + 19 * 4, 0),
+}
+
+PARAMS = {"lora": (49856 + 8192) * 2, "relora": (49856 + 8192) * 2, "lowrank": (12992 + 8192) * 2}
+GRADS = {"lora": 8192 * 2, "relora": (8192 + 12992) * 2, "lowrank": (8192 + 12992) * 2}
+
+
+def test_every_method_has_a_hand_count():
+    assert set(EXPECTED) == set(METHODS)
+
+
+def test_tiny_parameter_count(tiny):
+    assert memplan.parameter_count(tiny) == 49856
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_exact_state_bytes(tiny, method):
+    est = estimate(tiny, method, rank=R, precision="bf16", batch_size=2, seq_len=16)
+    step = est.phases["optimizer_step"]
+    states, projectors = EXPECTED[method]
+    assert step["optimizer_states"] == states
+    assert step["projectors"] == projectors
+    assert step["parameters"] == PARAMS.get(method, 49856 * 2)
+    assert step["gradients"] == GRADS.get(method, 49856 * 2)
+
+
+@pytest.mark.parametrize("precision,pb", [("bf16", 2), ("mixed", 4), ("fp32", 4)])
+def test_precision_bytes(tiny, precision, pb):
+    est = estimate(tiny, "adamw", precision=precision, batch_size=1, seq_len=8)
+    step = est.phases["optimizer_step"]
+    assert step["parameters"] == 49856 * pb
+    assert step["gradients"] == 49856 * pb
+    assert step["optimizer_states"] == 2 * 49856 * pb + 12 * STEP
+
+
+PROFILE_COUNTS = {
+    "llama-60m": 58_073_600,
+    "llama-130m": 134_105_856,
+    "llama-350m": 367_969_280,
+    "llama-1b": 1_339_082_752,
+    "llama-3b": 2_685_831_680,
+    "llama-7b": 6_738_415_616,
+    "llama-13b": 13_015_864_320,
+    "llama2-7b": 6_738_415_616,
+    "llama2-13b": 13_015_864_320,
+    "llama3-8b": 8_030_261_248,
+    "mistral-7b": 7_241_732_096,
+    "roberta-base": 124_697_433,  # RobertaForMaskedLM, decoder tied
+    "roberta-large": 355_412_057,
+    "opt-13b": 12_853_473_280,
+}
+
+
+@pytest.mark.parametrize("name,count", sorted(PROFILE_COUNTS.items()))
+def test_profile_parameter_counts(name, count):
+    assert memplan.parameter_count(name) == count
+
+
+def test_every_builtin_profile_is_counted():
+    assert set(memplan.model_names()) == set(PROFILE_COUNTS)
+
+
+@pytest.mark.parametrize("model", sorted(PROFILE_COUNTS))
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_and_profile_runs(model, method):
+    est = estimate(model, method, rank=64, batch_size=1, seq_len=256)
+    d = est.to_dict()
+    assert set(d["breakdown"]) == set(memplan.CATEGORIES)
+    assert set(d["phases"]) == set(memplan.PHASES)
+    assert all(isinstance(v, int) and v >= 0 for v in d["breakdown"].values())
+    assert d["peak_allocated_bytes"] == max(p["allocated"] for p in d["phases"].values())
+    assert d["device_total_bytes"] > d["peak_allocated_bytes"]
+
+
+def test_peak_is_largest_phase_not_sum():
+    est = estimate("llama-1b", "galore", rank=128, batch_size=4, seq_len=512)
+    totals = {p: sum(v.values()) for p, v in est.phases.items()}
+    assert est.peak_bytes == max(totals.values())
+    assert est.peak_phase == max(totals, key=totals.get)
+    # the sum of every category's maximum over phases is more than any phase
+    summed = sum(max(est.phases[p][c] for p in memplan.PHASES) for c in memplan.CATEGORIES[:-1])
+    assert summed > est.peak_bytes
+
+
+def test_fit_verdict_uses_device_total():
+    est = estimate("llama-7b", "galore8bit", rank=128, layerwise=True, checkpointing=True, seq_len=2048,
+                   gpu="rtx-4090")
+    fit = est.fit()
+    assert fit.required_bytes == est.device_total_bytes
+    assert fit.fits == (est.device_total_bytes <= fit.capacity_bytes)
+    assert fit.headroom_bytes == fit.capacity_bytes - est.device_total_bytes
+    assert est.fit("h100-80gb").headroom_bytes > fit.headroom_bytes
+
+
+def test_llama7b_adamw_does_not_fit_a_4090():
+    assert not estimate("llama-7b", "adamw").fit("rtx-4090").fits
+    assert estimate("llama-60m", "adamw", batch_size=1, seq_len=256).fit("rtx-4090").fits
+
+
+def test_config_json_folder_and_file(tmp_path, tiny):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(open(tiny).read())
+    a = estimate(str(folder), "galore", rank=8, seq_len=16)
+    b = estimate(tiny, "galore", rank=8, seq_len=16)
+    assert a.phases == b.phases
+    assert a.config.model.name == "my-model"
+
+
+def test_json_is_ready():
+    import json
+
+    d = estimate("llama-7b", "golore", rank=128, gpu="rtx-4090").to_dict()
+    again = json.loads(json.dumps(d))
+    assert again["fit"]["gpu"] == "rtx-4090"
+    assert again["config"]["method"] == "golore"
+    assert "allocated" in again["phases"]["backward"]
+
+
+def test_import_does_not_pull_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, memplan; memplan.estimate('llama-7b', 'galore'); " \
+           "print(','.join(m for m in ('torch', 'streamlit', 'plotly') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
