@@ -99,7 +99,8 @@ def svd_projector(grad: torch.Tensor, rank: int, side: str, name: str = "?",
                            "and there is no previous projector to keep")
     U, _, Vh = result
     P = Vh[:rank, :] if side == "right" else U[:, :rank]
-    return P.to(grad.dtype)
+    # a compact copy: a slice would keep the whole U / Vh storage alive as state
+    return P.to(dtype=grad.dtype, memory_format=torch.contiguous_format, copy=True)
 
 
 def param_seed(name: str, base_seed: int) -> int:
