@@ -1,0 +1,250 @@
+"""Build a model and optimizer for an estimator configuration, measure real (or
+fake) training steps, and compare them with the estimate.
+
+The measured steps (update gap set to 2, so that steps 0 and 2 refresh):
+step 0 (warm-up: creates the optimizer state and the first projectors, not
+reported), step 1 (an ordinary step: ``forward``, ``backward``,
+``optimizer_step``) and step 2 (a projection refresh; its optimizer phase, or its
+backward with the per-layer update, where the refresh happens, is
+``refresh_step``). ReLoRA's refresh is the merge of ``B A`` into the base weight.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from memplan.measure.step import measure_step
+from memplan.measure.tracker import CATEGORIES, PHASES
+
+__all__ = ["ValidateConfig", "Validation", "measure_config", "validate", "EXACT", "PEAK_TOLERANCE"]
+
+EXACT = ("parameters", "gradients", "optimizer_states", "projectors")  # must match to the byte
+PEAK_TOLERANCE = 0.03  # |measured - estimated| / measured for the peak allocated bytes
+PHASE_TIE = 0.001  # phases within 0.1% of the measured peak count as "the peak phase"
+DEVICES = ("cpu", "fake", "cuda")
+UPDATE_GAP = 2
+
+
+@dataclass
+class ValidateConfig:
+    model: str = "llama-60m"
+    method: str = "galore"
+    rank: int = 128
+    precision: str = "bf16"
+    batch_size: int = 4
+    seq_len: int = 256
+    layerwise: bool = False
+    checkpointing: bool = False
+    device: str = "cpu"  # cpu | fake | cuda
+    implementation: str = "bundled"  # bundled | hf (transformers' LlamaForCausalLM)
+    target_modules: tuple[str, ...] | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.device not in DEVICES:
+            raise ValueError(f"Unknown device {self.device!r}; expected one of {', '.join(DEVICES)}")
+        if self.implementation not in ("bundled", "hf"):
+            raise ValueError(f"Unknown implementation {self.implementation!r}; expected 'bundled' or 'hf'")
+
+    def estimator_options(self) -> dict:
+        from memplan.methods import get_method
+        opts = dict(update_gap=UPDATE_GAP, precision=self.precision, batch_size=self.batch_size,
+                    seq_len=self.seq_len, layerwise=self.layerwise, checkpointing=self.checkpointing,
+                    target_modules=self.target_modules)
+        if get_method(self.method).uses_rank:
+            opts["rank"] = self.rank
+        return opts
+
+
+@dataclass
+class Validation:
+    config: ValidateConfig
+    estimate: dict
+    measured: dict
+    error: dict
+    passed: bool
+    seconds: float
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        cfg = asdict(self.config)
+        cfg["target_modules"] = list(cfg["target_modules"]) if cfg["target_modules"] else None
+        return {"config": cfg, "estimate": self.estimate, "measured": self.measured, "error": self.error,
+                "passed": self.passed, "failures": self.failures, "seconds": round(self.seconds, 2)}
+
+
+# --------------------------------------------------------------------------- build
+_DTYPE = {"bf16": torch.bfloat16, "mixed": torch.float32, "fp32": torch.float32}
+
+
+def _profile(name):
+    from memplan.profiles import load_model
+    return load_model(name)
+
+
+def build(cfg: ValidateConfig):
+    """(model, optimizer, batch, autocast dtype) for ``cfg``, on the current device/mode."""
+    from memplan.methods import get_method
+    from memplan.optim import build_optimizer
+
+    method = get_method(cfg.method)
+    profile = _profile(cfg.model)
+    dtype = _DTYPE[cfg.precision]
+    device = "cuda" if cfg.device == "cuda" else "cpu"
+    torch.manual_seed(cfg.seed)
+    if cfg.implementation == "hf":
+        from memplan.models.hf import build_hf_model
+        model = build_hf_model(profile, dtype=dtype, device=device, checkpointing=cfg.checkpointing)
+    else:
+        from memplan.models import build_model
+        model = build_model(profile, dtype=dtype, device=device, checkpointing=cfg.checkpointing)
+    model.train()
+    if method.adapter:
+        from memplan.inventory import resolve_targets
+        from memplan.models import apply_lora
+        apply_lora(model, cfg.rank, kind=cfg.method, target_modules=resolve_targets(profile, cfg.target_modules),
+                   train_non_target=method.train_non_target)
+    opt = build_optimizer(model, method.name, rank=cfg.rank, update_gap=UPDATE_GAP, layerwise=cfg.layerwise,
+                          target_modules=cfg.target_modules, total_steps=3)
+    ids = torch.randint(0, profile.vocab_size, (cfg.batch_size, cfg.seq_len), device=device)
+    batch = {"input_ids": ids, "labels": ids.clone()}
+    return model, opt, batch, (torch.bfloat16 if cfg.precision == "mixed" else None)
+
+
+def _loss(model, batch):
+    out = model(**batch)
+    return out.loss if hasattr(out, "loss") else out
+
+
+# --------------------------------------------------------------------------- measure
+def measure_config(cfg: ValidateConfig, progress=None) -> dict:
+    """Measured phases and exact category totals of ``cfg`` (see the module doc)."""
+    fake = cfg.device == "fake"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda needs a CUDA GPU; none is visible. Use --device cpu or --device fake.")
+    mode = _fake_mode() if fake else contextlib.nullcontext()
+    with mode:
+        model, opt, batch, amp = build(cfg)
+        merge = None
+        if cfg.method == "relora":
+            from memplan.models.lora import merge_lora
+            merge = lambda tracker: merge_lora(model)  # noqa: E731
+        runs = []
+        for step in range(3):
+            refresh = step % UPDATE_GAP == 0
+            runs.append(measure_step(model, opt, batch, _loss, autocast_dtype=amp,
+                                     after_step=merge if refresh and step > 0 else None))
+            if progress is not None:
+                progress(1)
+    normal, refresh = runs[1], runs[2]
+    phases = {p: dict(normal.phases[p]) for p in ("forward", "backward", "optimizer_step")}
+    stepping = "backward" if cfg.layerwise else "optimizer_step"
+    phases["refresh_step"] = dict(refresh.phases[stepping])
+    persistent = dict(normal.persistent)
+    persistent["gradients"] = max(normal.persistent["gradients"], refresh.persistent["gradients"])
+    out = {"phases": phases, "persistent": persistent}
+    if normal.cuda:
+        out["cuda"] = _cuda_summary(normal, refresh, stepping)
+    return out
+
+
+def _fake_mode():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    return FakeTensorMode(allow_non_fake_inputs=False)
+
+
+def _cuda_summary(normal, refresh, stepping) -> dict:
+    c = {p: dict(normal.cuda.get(p, {})) for p in ("forward", "backward", "optimizer_step")}
+    c["refresh_step"] = dict(refresh.cuda.get(stepping, {}))
+    out = {"phases": c,
+           "max_allocated": max(v.get("allocated", 0) for v in c.values()),
+           "max_reserved": max(v.get("reserved", 0) for v in c.values())}
+    out.update(_nvml_used())
+    return out
+
+
+def _nvml_used() -> dict:
+    """Device memory in use as NVML (nvidia-smi) reports it, context included; {} without NVML."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            idx = torch.cuda.current_device()
+            h = pynvml.nvmlDeviceGetHandleByIndex(idx)
+            info = pynvml.nvmlDeviceGetMemoryInfo(h)
+            return {"nvml_used": int(info.used), "nvml_total": int(info.total)}
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML library or no permission: report what torch knows
+        return {}
+
+
+# --------------------------------------------------------------------------- compare
+def _peak_phase(phases: dict) -> str:
+    return max(PHASES, key=lambda p: (phases[p]["total"], -PHASES.index(p)))
+
+
+def summarize_measured(m: dict) -> dict:
+    phases = m["phases"]
+    peak = _peak_phase(phases)
+    cats = {c: phases[peak].get(c, 0) for c in CATEGORIES}
+    cats.update(m["persistent"])
+    out = {"phases": phases, "peak_phase": peak, "peak_bytes": phases[peak]["total"], "categories": cats}
+    if "cuda" in m:
+        out["cuda"] = m["cuda"]
+    return out
+
+
+def summarize_estimate(est) -> dict:
+    phases = {p: {**{c: v.get(c, 0) for c in CATEGORIES}, "total": sum(v.values())}
+              for p, v in est.phases.items()}
+    peak = est.peak_phase
+    cats = {c: phases[peak][c] for c in CATEGORIES}
+    cats["gradients"] = max(ph["gradients"] for ph in phases.values())
+    cats["overhead"] = est.overhead
+    return {"phases": phases, "peak_phase": peak, "peak_bytes": est.peak_bytes, "categories": cats,
+            "device_total_bytes": est.device_total_bytes}
+
+
+def _rel(measured: int, estimated: int) -> float:
+    if measured == 0:
+        return 0.0 if estimated == 0 else 1.0
+    return (estimated - measured) / measured
+
+
+def compare(estimate: dict, measured: dict) -> tuple[dict, list[str]]:
+    """Error of each category, of each phase's total and of the peak (estimate - measured)."""
+    cats = {}
+    for c in CATEGORIES:
+        if c == "overhead":  # the estimate's CUDA context is not a tensor the trackers see
+            continue
+        e, m = estimate["categories"][c], measured["categories"][c]
+        cats[c] = {"bytes": e - m, "relative": round(_rel(m, e), 6)}
+    phases = {p: round(_rel(measured["phases"][p]["total"], estimate["phases"][p]["total"]), 6) for p in PHASES}
+    mp = measured["phases"]
+    top = mp[measured["peak_phase"]]["total"]
+    phase_ok = mp[estimate["peak_phase"]]["total"] >= (1 - PHASE_TIE) * top
+    err = {"categories": cats, "phases": phases,
+           "peak": {"bytes": estimate["peak_bytes"] - measured["peak_bytes"],
+                    "relative": round(_rel(measured["peak_bytes"], estimate["peak_bytes"]), 6)},
+           "peak_phase_match": phase_ok}
+    failures = [f"{c}: estimate - measured = {cats[c]['bytes']} bytes" for c in EXACT if cats[c]["bytes"] != 0]
+    if abs(err["peak"]["relative"]) > PEAK_TOLERANCE:
+        failures.append(f"peak: {err['peak']['relative']:+.2%} (limit {PEAK_TOLERANCE:.0%})")
+    if not phase_ok:
+        failures.append(f"peak phase: estimate {estimate['peak_phase']}, measured {measured['peak_phase']}")
+    return err, failures
+
+
+def validate(cfg: ValidateConfig, progress=None) -> Validation:
+    """Estimate ``cfg``, measure it, and compare. ``progress(n)`` is called per step."""
+    import memplan
+    t0 = time.perf_counter()
+    est = memplan.estimate(cfg.model, cfg.method, **cfg.estimator_options())
+    estimate = summarize_estimate(est)
+    measured = summarize_measured(measure_config(cfg, progress))
+    error, failures = compare(estimate, measured)
+    return Validation(cfg, estimate, measured, error, not failures, time.perf_counter() - t0, failures)
