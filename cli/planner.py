@@ -1,0 +1,198 @@
+"""Planner commands: fit, compare, sweep, plan. Each parses options, calls one
+library function (memplan/planner.py) and prints a table (cli/planner_tables.py)."""
+from __future__ import annotations
+
+import json
+
+import click
+from click.core import ParameterSource
+
+from memplan.cli.common import CONTEXT_SETTINGS, config_kwargs, handle_errors, model_options
+from memplan.cli.planner_tables import compare_table, fit_table, plan_table, sweep_csv, sweep_table
+from memplan.errors import MemplanError
+from memplan.estimator import capacity_bytes
+
+GPU_HELP = "GPU profile id (see 'memplan gpus'), or 'local' / 'local:N' for this machine's GPU (NVML)."
+
+
+def _ints(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise MemplanError(f"{what} must be comma-separated integers such as 1,4,16, got '{text}'.") from None
+    if not values or any(v < 1 for v in values):
+        raise MemplanError(f"{what} must be positive integers such as 1,4,16, got '{text}'.")
+    return values
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+
+def _run_opts(f):
+    """--rank, --batch-size, --seq-len (one value each) and --json."""
+    for opt in reversed([
+        click.option("--rank", "-r", type=int, default=128, show_default=True,
+                     help="Projection / adapter rank (projection and adapter methods)."),
+        click.option("--batch-size", "-b", type=int, default=1, show_default=True, help="Micro-batch size per GPU."),
+        click.option("--seq-len", "-s", type=int, default=2048, show_default=True, help="Sequence length (tokens)."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON (bytes) instead of a table."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@model_options
+@click.option("--gpu", "-g", required=True, help=GPU_HELP)
+@click.option("--methods", default=None, help="Comma-separated methods (default: all; see 'memplan methods').")
+@_run_opts
+@click.pass_context
+@handle_errors
+def fit(ctx, gpu, methods, as_json, **opts):
+    """Does it fit? Every method, with and without per-layer update and checkpointing.
+
+    For each: fits or not at --batch-size x --seq-len, the headroom, the largest
+    batch at --seq-len, the largest sequence at batch 1, and for projection and
+    adapter methods the largest rank. Searches bisect on the estimator. Give
+    --layerwise/--no-layerwise or --checkpointing/--no-checkpointing to keep
+    only one setting.
+
+    \b
+    Example:
+      memplan fit --model llama-7b --gpu rtx-4090
+      memplan fit --model llama-7b --gpu local --methods galore8bit,golore,adamw
+    """
+    from memplan.planner import fit_report, resolve_gpu
+
+    g = resolve_gpu(gpu, opts["gpu_file"])
+    kw = config_kwargs(opts)
+    layerwise = (kw.pop("layerwise"),) if _given(ctx, "layerwise") else (False, True)
+    checkpointing = (kw.pop("checkpointing"),) if _given(ctx, "checkpointing") else (False, True)
+    kw.pop("layerwise", None), kw.pop("checkpointing", None)
+    rows = fit_report(opts["model"], g, _names(methods), layerwise=layerwise, checkpointing=checkpointing, **kw)
+    if as_json:
+        click.echo(json.dumps({"gpu": g.id, "gpu_name": g.name, "capacity_bytes": capacity_bytes(g),
+                               "rows": [r.to_dict() for r in rows], "units": "bytes"}, indent=2))
+        return
+    from memplan.estimator import _smallest_projected_dim
+    from memplan.planner import make_config
+
+    c = make_config(opts["model"], **{k: v for k, v in kw.items() if k != "rank"})
+    click.echo(fit_table(rows, g, capacity_bytes(g), c.model.name, c.batch_size, c.seq_len, opts["rank"],
+                         c.precision, _smallest_projected_dim(c.model, c.target_modules)))
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@model_options
+@click.option("--methods", default=None, help="Comma-separated methods (default: all; see 'memplan methods').")
+@click.option("--gpu", "-g", default=None, help="Add fit and headroom columns for this GPU. " + GPU_HELP)
+@_run_opts
+@handle_errors
+def compare(gpu, methods, as_json, **opts):
+    """Compare methods: categories and peak per method, sorted by peak, savings vs AdamW.
+
+    One row per method with the same model and options; the memory saved is
+    AdamW's peak minus the method's, in GiB and %.
+
+    \b
+    Example:
+      memplan compare --model llama-7b --rank 128 --gpu rtx-4090
+      memplan compare --model llama-1b --methods adamw,galore,golore,sumo --layerwise --json
+    """
+    from memplan.planner import compare as run
+
+    rows = run(opts["model"], _names(methods), gpu=gpu, gpu_file=opts["gpu_file"], **config_kwargs(opts))
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    g = rows[0].estimate.gpu
+    click.echo(compare_table(rows, g, capacity_bytes(g) if g is not None else None))
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@model_options
+@click.option("--method", default="galore", show_default=True, help="Training method (see 'memplan methods').")
+@click.option("--ranks", default=None, help="Comma-separated ranks, e.g. 64,128,256,512 (default: 128).")
+@click.option("--batch-sizes", default="1", show_default=True, help="Comma-separated micro-batch sizes.")
+@click.option("--seq-lens", default="2048", show_default=True, help="Comma-separated sequence lengths.")
+@click.option("--gpu", "-g", default=None, help="Mark the cells that do not fit on this GPU. " + GPU_HELP)
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV rows (bytes and GiB), one per combination.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows (bytes), one per combination.")
+@handle_errors
+def sweep(method, ranks, batch_sizes, seq_lens, gpu, as_csv, as_json, **opts):
+    """A grid of peaks over ranks x batch sizes x sequence lengths, for scripts and plots.
+
+    \b
+    Example:
+      memplan sweep --model llama-1b --method galore --ranks 64,128,256,512 --batch-sizes 1,4,16
+      memplan sweep --model llama-1b --method golore --seq-lens 512,1024,2048,4096 --csv > peaks.csv
+    """
+    from memplan.planner import sweep as run
+
+    if as_csv and as_json:
+        raise MemplanError("Give --csv or --json, not both.")
+    rows = run(opts["model"], method, ranks=_ints(ranks, "--ranks"), batch_sizes=_ints(batch_sizes, "--batch-sizes"),
+               seq_lens=_ints(seq_lens, "--seq-lens"), gpu=gpu, gpu_file=opts["gpu_file"], **config_kwargs(opts))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif as_csv:
+        click.echo(sweep_csv(rows))
+    else:
+        from memplan.planner import resolve_gpu
+
+        click.echo(sweep_table(rows, resolve_gpu(gpu, opts["gpu_file"]) if gpu else None))
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@model_options
+@click.option("--method", default="adamw", show_default=True, help="Training method (see 'memplan methods').")
+@click.option("--gpus", default=None, help="Comma-separated GPU ids to consider (default: every profile).")
+@click.option("--gpu-counts", default="1,2,4,8", show_default=True, help="Comma-separated GPU counts.")
+@click.option("--layouts", default=None, help="Comma-separated layouts to allow: single,ddp,zero1,zero2,zero3 "
+                                               "(zero3 = FSDP full shard). Default: all.")
+@click.option("--sort", type=click.Choice(["hour", "purchase"]), default="hour", show_default=True,
+              help="Rank by price per hour or by purchase price.")
+@click.option("--top", type=int, default=None, help="Show only the N cheapest.")
+@_run_opts
+@handle_errors
+def plan(method, gpus, gpu_counts, layouts, sort, top, as_json, **opts):
+    """What to rent or buy: every GPU and GPU count (1, 2, 4, 8) that fits, cheapest first.
+
+    For each GPU profile and count, the least-sharded parallel layout that fits:
+    single GPU, DDP, ZeRO-1/2/3 (FSDP). --batch-size is the micro-batch per GPU.
+    Prices come from the GPU profiles (dated; override with --gpu-file).
+
+    \b
+    Example:
+      memplan plan --model llama-13b --method galore8bit --batch-size 4 --seq-len 2048
+      memplan plan --model llama-7b --method adamw --checkpointing --sort purchase --top 5
+    """
+    from memplan.planner import make_config
+    from memplan.planner import plan as run
+
+    kw = config_kwargs(opts)
+    rows = run(opts["model"], method, gpus=_names(gpus), gpu_counts=_ints(gpu_counts, "--gpu-counts"),
+               layouts=_names(layouts), gpu_file=opts["gpu_file"], sort=sort, **kw)
+    if top is not None:
+        rows = rows[:max(top, 0)]
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    config = make_config(opts["model"], method, **kw)
+    if not rows:
+        hints = [h for h, on in (("--checkpointing", config.checkpointing),) if not on]
+        click.echo(f"Nothing fits: {config.model.name} {config.method}, batch {config.batch_size} per GPU x seq "
+                   f"{config.seq_len}, on any GPU profile and count considered. Try "
+                   + ", ".join(hints + ["a smaller --batch-size or --seq-len", "--gpu-counts 16"]) + ".")
+        return
+    click.echo(plan_table(rows, config))
+
+
+COMMANDS = [fit, compare, sweep, plan]

@@ -1,0 +1,344 @@
+"""The planner: what fits where, the largest batch / sequence / rank, and what to buy.
+
+    memplan.max_batch_size("llama-7b", "rtx-4090", "galore8bit", layerwise=True, checkpointing=True)
+    memplan.max_seq_len("llama-7b", "rtx-4090", "galore8bit", checkpointing=True)
+    memplan.max_rank("llama-7b", "rtx-4090", "golore", checkpointing=True)
+    memplan.compare("llama-7b", rank=128, gpu="rtx-4090")
+    memplan.sweep("llama-1b", "galore", ranks=[64, 128], batch_sizes=[1, 4, 16])
+    memplan.plan("llama-13b", "galore8bit", batch_size=4, seq_len=2048)
+
+Pure Python on top of the estimator, no torch. "Fits" means the estimate's device
+total (allocated peak + CUDA context + fragmentation, per GPU under a layout, see
+memplan/parallel.py) is at most what CUDA can allocate on the GPU (`Estimate.fit`).
+
+Searches bisect on the estimator, never scan: an exponential search finds a size
+that does not fit, then a binary search keeps `lo` fitting and `hi` not fitting
+until they are adjacent. So the answer always fits and answer + 1 never does, even
+where the memory is not monotone (8-bit state switches from fp32 to uint8 at 4096
+elements, so a larger rank can need a few bytes less); where it is monotone
+(batch, sequence) the answer is the largest that fits. Limits: batch and sequence
+stop at `MAX_BATCH` / `MAX_SEQ_LEN` (a result equal to the limit means "at least");
+the sequence is not capped at the model's max_position_embeddings, since RoPE
+models can run longer. The rank stops at the smallest projected dimension.
+A search returns 0 when even 1 does not fit; `max_rank` returns None for methods
+without a rank.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Iterable
+
+from memplan.errors import MemplanError
+from memplan.estimator import Estimate, TrainingConfig, _smallest_projected_dim, capacity_bytes, estimate_config
+from memplan.inventory import resolve_targets
+from memplan.methods import METHODS, get_method
+from memplan.parallel import LAYOUTS, check_layout, shard
+from memplan.profiles import GPUProfile, load_gpu, load_gpus, load_model
+
+MAX_BATCH = 1 << 20
+MAX_SEQ_LEN = 1 << 20  # 1,048,576 tokens: a search limit, not the model's position limit
+GPU_COUNTS = (1, 2, 4, 8)
+
+
+# ---------------------------------------------------------------- inputs
+
+def resolve_gpu(gpu: "str | GPUProfile", gpu_file=None) -> GPUProfile:
+    """A GPU profile id, a GPUProfile, or 'local' / 'local:N' (this machine's GPU N, via NVML)."""
+    if isinstance(gpu, GPUProfile):
+        return gpu
+    text = str(gpu).strip().lower()
+    if text == "local" or text.startswith("local:"):
+        from memplan.gpu_local import local_gpu
+
+        index = text.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise MemplanError(f"Bad local GPU '{gpu}': use 'local' or 'local:N' with N the GPU index (0, 1, ...).")
+        return local_gpu(int(index))
+    return load_gpu(gpu, gpu_file)
+
+
+def make_config(model, method: str | None = None, **options) -> TrainingConfig:
+    """A TrainingConfig from a config (options override its fields) or a model spec and options."""
+    if isinstance(model, TrainingConfig):
+        changes = dict(options)
+        if method is not None:
+            changes["method"] = get_method(method).name
+        return replace(model, **changes) if changes else model
+    profile = load_model(model)
+    unknown_opts = set(options) - set(TrainingConfig.__dataclass_fields__)
+    if unknown_opts:
+        raise MemplanError(f"Unknown option(s) {', '.join(sorted(unknown_opts))}. "
+                           f"Allowed: {', '.join(f for f in TrainingConfig.__dataclass_fields__ if f != 'model')}.")
+    if isinstance(options.get("target_modules"), (str, list)):
+        options["target_modules"] = resolve_targets(profile, options["target_modules"])
+    return TrainingConfig(model=profile, method=get_method(method or "adamw").name, **options)
+
+
+def per_gpu(config: TrainingConfig, layout: str = "single", num_gpus: int = 1) -> Estimate:
+    """The estimate of `config` per GPU under `layout` (the plain estimate for one GPU)."""
+    est = estimate_config(config)
+    return est if layout == "single" else shard(est, layout, num_gpus)
+
+
+def fits(config: TrainingConfig, gpu: GPUProfile, layout: str = "single", num_gpus: int = 1) -> bool:
+    return per_gpu(config, layout, num_gpus).device_total_bytes <= capacity_bytes(gpu)
+
+
+# ---------------------------------------------------------------- bisection
+
+def largest(ok: Callable[[int], bool], limit: int) -> int:
+    """Largest n in [1, limit] with ok(n), by exponential then binary search; 0 if not ok(1).
+
+    Invariant: ok(lo) and not ok(hi); the result is lo once hi == lo + 1, so it
+    satisfies ok(n) and not ok(n + 1) (unless it is `limit`).
+    """
+    if not ok(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= limit and ok(hi):
+        lo, hi = hi, hi * 2
+    if hi > limit:
+        if ok(limit):
+            return limit
+        hi = limit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _search(field: str, limit: int, model, gpu, method, gpu_file, layout, num_gpus, options) -> int:
+    config = make_config(model, method, **options)
+    g = resolve_gpu(gpu, gpu_file)
+    layout = check_layout(layout, num_gpus, config.layerwise)
+    return largest(lambda n: fits(replace(config, **{field: n}), g, layout, num_gpus), limit)
+
+
+def max_batch_size(model, gpu, method: str | None = None, *, gpu_file=None, layout: str = "single",
+                   num_gpus: int = 1, limit: int = MAX_BATCH, **options) -> int:
+    """Largest micro-batch per GPU that fits at the given seq_len; 0 if batch 1 does not fit.
+
+    `model`: a TrainingConfig, or a model spec with `method` and TrainingConfig
+    options (rank, seq_len, precision, layerwise, checkpointing, ...).
+    """
+    return _search("batch_size", limit, model, gpu, method, gpu_file, layout, num_gpus, options)
+
+
+def max_seq_len(model, gpu, method: str | None = None, *, gpu_file=None, layout: str = "single",
+                num_gpus: int = 1, limit: int = MAX_SEQ_LEN, **options) -> int:
+    """Largest sequence length that fits at the given batch_size (default 1); 0 if 1 token does not fit.
+
+    Capped at `limit` (1,048,576): a result equal to it means "at least".
+    """
+    if not isinstance(model, TrainingConfig):
+        options.setdefault("batch_size", 1)
+    return _search("seq_len", limit, model, gpu, method, gpu_file, layout, num_gpus, options)
+
+
+def max_rank(model, gpu, method: str | None = None, *, gpu_file=None, layout: str = "single",
+             num_gpus: int = 1, **options) -> int | None:
+    """Largest rank that fits, up to the smallest projected dimension; None for methods without rank."""
+    config = make_config(model, method, **options)
+    if not METHODS[config.method].uses_rank:
+        return None
+    k = _smallest_projected_dim(config.model, config.target_modules)
+    config = replace(config, rank=1)
+    return _search("rank", k, config, gpu, None, gpu_file, layout, num_gpus, {})
+
+
+# ---------------------------------------------------------------- fit report
+
+@dataclass(frozen=True)
+class FitRow:
+    method: str
+    rank: int | None  # None: the method has no rank
+    layerwise: bool
+    checkpointing: bool
+    fits: bool  # at the given batch size and sequence length
+    required_bytes: int  # device total per GPU
+    headroom_bytes: int  # capacity - required; negative: the shortfall
+    max_batch_size: int  # at the given seq_len; 0: batch 1 does not fit
+    max_seq_len: int  # at batch 1; 0: does not fit; MAX_SEQ_LEN means "at least"
+    max_rank: int | None  # at the given batch and seq_len; None without rank; 0: rank 1 does not fit
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _methods(methods) -> list[str]:
+    if methods is None:
+        return list(METHODS)
+    if isinstance(methods, str):
+        methods = [m for m in methods.split(",") if m.strip()]
+    names = [get_method(m).name for m in methods]
+    if not names:
+        raise MemplanError("No methods given: use e.g. --methods galore8bit,golore,adamw (see 'memplan methods').")
+    return list(dict.fromkeys(names))
+
+
+def fit_report(model, gpu, methods=None, *, gpu_file=None, layerwise: Iterable[bool] = (False, True),
+               checkpointing: Iterable[bool] = (False, True), **options) -> list[FitRow]:
+    """For every method x per-layer update x checkpointing: the fit and the largest sizes.
+
+    `options`: TrainingConfig fields shared by all rows (rank, batch_size, seq_len, precision, ...).
+    """
+    g = resolve_gpu(gpu, gpu_file)
+    cap = capacity_bytes(g)
+    rows = []
+    for name in _methods(methods):
+        for lw in layerwise:
+            for ck in checkpointing:
+                c = make_config(model, name, layerwise=lw, checkpointing=ck, **options)
+                need = estimate_config(c).device_total_bytes
+                uses_rank = METHODS[name].uses_rank
+                rows.append(FitRow(
+                    name, c.rank if uses_rank else None, lw, ck, need <= cap, need, cap - need,
+                    max_batch_size(c, g), max_seq_len(c, g, batch_size=1), max_rank(c, g)))
+    return rows
+
+
+# ---------------------------------------------------------------- compare and sweep
+
+@dataclass(frozen=True)
+class CompareRow:
+    method: str
+    estimate: Estimate
+    saved_bytes: int  # AdamW's peak minus this method's peak (allocated); negative: more than AdamW
+    saved_fraction: float  # saved_bytes / AdamW's peak
+
+    def to_dict(self) -> dict:
+        e = self.estimate
+        out = {"method": self.method, "breakdown": e.breakdown, "peak_phase": e.peak_phase,
+               "peak_allocated_bytes": e.peak_bytes, "device_total_bytes": e.device_total_bytes,
+               "saved_vs_adamw_bytes": self.saved_bytes, "saved_vs_adamw_fraction": self.saved_fraction}
+        if e.gpu is not None:
+            out["fit"] = e.fit().to_dict()
+        return out
+
+
+def compare(model, methods=None, *, gpu=None, gpu_file=None, **options) -> list[CompareRow]:
+    """Every method (or `methods`) with the same options, sorted by peak; savings against AdamW."""
+    g = resolve_gpu(gpu, gpu_file) if gpu is not None else None
+    base = make_config(model, "adamw", **options)
+    adamw_peak = estimate_config(base).peak_bytes
+    rows = []
+    for name in _methods(methods):
+        est = estimate_config(replace(base, method=name), g)
+        saved = adamw_peak - est.peak_bytes
+        rows.append(CompareRow(name, est, saved, saved / adamw_peak))
+    return sorted(rows, key=lambda r: (r.estimate.peak_bytes, r.method))
+
+
+SWEEP_FIELDS = ("rank", "batch_size", "seq_len")
+
+
+def sweep(model, method: str = "galore", *, ranks=None, batch_sizes=None, seq_lens=None, gpu=None,
+          gpu_file=None, **options) -> list[dict]:
+    """The peak for every combination of ranks x batch sizes x sequence lengths, as rows (bytes).
+
+    A dimension left as None takes the single value from `options` (or its default).
+    """
+    g = resolve_gpu(gpu, gpu_file) if gpu is not None else None
+    base = make_config(model, method, **options)
+    if ranks is not None and not METHODS[base.method].uses_rank:
+        raise MemplanError(f"Method '{base.method}' has no rank: drop --ranks, or sweep a projection or "
+                           "adapter method (see 'memplan methods').")
+    grid = {"rank": ranks, "batch_size": batch_sizes, "seq_len": seq_lens}
+    axes = {f: list(v) if v is not None else [getattr(base, f)] for f, v in grid.items()}
+    rows = []
+    for r in axes["rank"]:
+        for b in axes["batch_size"]:
+            for s in axes["seq_len"]:
+                est = estimate_config(replace(base, rank=r, batch_size=b, seq_len=s), g)
+                row = {"model": base.model.name, "method": base.method,
+                       "rank": r if METHODS[base.method].uses_rank else None, "batch_size": b, "seq_len": s,
+                       "peak_phase": est.peak_phase, "peak_allocated_bytes": est.peak_bytes,
+                       "device_total_bytes": est.device_total_bytes}
+                if g is not None:
+                    fit = est.fit()
+                    row.update(gpu=g.id, fits=fit.fits, headroom_bytes=fit.headroom_bytes)
+                rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- plan (what to buy or rent)
+
+@dataclass(frozen=True)
+class PlanRow:
+    gpu: GPUProfile
+    num_gpus: int
+    layout: str  # the least-sharded layout that fits (parallel.LAYOUTS order)
+    per_gpu_bytes: int  # device total per GPU under the layout
+    capacity_bytes: int  # per GPU
+    max_batch_size: int  # the largest micro-batch per GPU under this layout, at the given seq_len
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.capacity_bytes - self.per_gpu_bytes
+
+    @property
+    def price_per_hour_usd(self) -> float | None:
+        p = self.gpu.price_per_hour_usd
+        return None if p is None else self.num_gpus * p
+
+    @property
+    def price_purchase_usd(self) -> float | None:
+        p = self.gpu.price_purchase_usd
+        return None if p is None else self.num_gpus * p
+
+    def to_dict(self) -> dict:
+        return {"gpu": self.gpu.id, "gpu_name": self.gpu.name, "num_gpus": self.num_gpus, "layout": self.layout,
+                "per_gpu_bytes": self.per_gpu_bytes, "capacity_bytes": self.capacity_bytes,
+                "headroom_bytes": self.headroom_bytes, "max_batch_size": self.max_batch_size,
+                "price_per_hour_usd": self.price_per_hour_usd, "price_purchase_usd": self.price_purchase_usd,
+                "price_date": self.gpu.price_date}
+
+
+def _layouts_for(count: int, layerwise: bool, layouts) -> list[str]:
+    allowed = [lay for lay in LAYOUTS if layouts is None or lay in layouts]
+    if count == 1:
+        return [lay for lay in allowed if lay == "single"]
+    return [] if layerwise else [lay for lay in allowed if lay != "single"]
+
+
+def plan(model, method: str = "adamw", *, gpus=None, gpu_counts=GPU_COUNTS, layouts=None, gpu_file=None,
+         sort: str = "hour", **options) -> list[PlanRow]:
+    """Every GPU profile x GPU count that fits, with the least-sharded layout that does, cheapest first.
+
+    `batch_size` is the micro-batch per GPU. `sort`: "hour" (price per hour, then
+    purchase) or "purchase" (purchase, then per hour); GPUs without a price come last.
+    With the per-layer update only single-GPU rows are possible (memplan/parallel.py).
+    """
+    if sort not in ("hour", "purchase"):
+        raise MemplanError(f"Unknown sort '{sort}'. Allowed: hour, purchase.")
+    config = make_config(model, method, **options)
+    if layouts is not None:
+        from memplan.parallel import resolve_layout
+
+        layouts = {resolve_layout(lay) for lay in layouts}
+    counts = sorted({int(n) for n in gpu_counts})
+    if not counts or counts[0] < 1:
+        raise MemplanError(f"GPU counts must be positive integers, got {list(gpu_counts)}.")
+    pool = load_gpus(gpu_file)
+    chosen = list(pool.values()) if gpus is None else [resolve_gpu(x, gpu_file) for x in gpus]
+    rows = []
+    for g in chosen:
+        cap = capacity_bytes(g)
+        for n in counts:
+            for lay in _layouts_for(n, config.layerwise, layouts):
+                need = per_gpu(config, lay, n).device_total_bytes
+                if need <= cap:
+                    rows.append(PlanRow(g, n, lay, need, cap, max_batch_size(config, g, layout=lay, num_gpus=n)))
+                    break
+    return sorted(rows, key=lambda r: _price_key(r, sort))
+
+
+def _price_key(r: PlanRow, sort: str):
+    hour, buy = r.price_per_hour_usd, r.price_purchase_usd
+    inf = float("inf")
+    first, second = (hour, buy) if sort == "hour" else (buy, hour)
+    return (first is None, first if first is not None else inf, second if second is not None else inf,
+            r.num_gpus, LAYOUTS.index(r.layout), r.gpu.id)
