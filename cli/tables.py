@@ -59,7 +59,7 @@ def estimate_table(est: Estimate) -> str:
 
 def models_table(as_json: bool = False) -> str:
     rows = []
-    for name in model_names():
+    for name in sorted(model_names(), key=lambda n: (load_model(n).family, parameter_count(n))):
         p = load_model(name)
         rows.append({"name": name, "family": p.family, "parameters": parameter_count(p), "layers": p.num_hidden_layers,
                      "hidden": p.hidden_size, "heads": p.num_attention_heads, "kv_heads": p.num_key_value_heads,
