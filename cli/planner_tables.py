@@ -8,7 +8,6 @@ from tabulate import tabulate
 
 from memplan.estimator import CATEGORIES, TrainingConfig
 from memplan.methods import METHODS
-from memplan.parallel import LAYOUT_NAMES
 from memplan.planner import MAX_SEQ_LEN, SWEEP_FIELDS, CompareRow, FitRow, PlanRow
 from memplan.profiles import GPUProfile
 from memplan.units import GiB
@@ -161,7 +160,8 @@ def plan_table(rows: list[PlanRow], config: TrainingConfig) -> str:
     headers = ["#", "gpu", "count", "layout", "GiB/GPU", "usable", "headroom", "max batch/GPU", "$/hour",
                "purchase", "price date"]
     lines = [config_line(config, per_gpu=True), "", _table(table, headers, left=0), ""]
-    lines.append("layout: the least-sharded that fits: " + "; ".join(f"{k} = {v}" for k, v in LAYOUT_NAMES.items()))
+    lines.append("layout: the least-sharded that fits, single < ddp < zero1 (states) < zero2 (+ grads) "
+                 "< zero3 (+ params; FSDP full shard).")
     lines.append("Prices are approximate and dated (price date); $/hour and purchase are for all the GPUs. "
                  "Override them with --gpu-file.")
     if config.layerwise:
