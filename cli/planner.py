@@ -69,24 +69,19 @@ def fit(ctx, gpu, methods, as_json, **opts):
       memplan fit --model llama-7b --gpu rtx-4090
       memplan fit --model llama-7b --gpu local --methods galore8bit,golore,adamw
     """
-    from memplan.planner import fit_report, resolve_gpu
+    from memplan.planner import fit_report, make_config, resolve_gpu
 
     g = resolve_gpu(gpu, opts["gpu_file"])
     kw = config_kwargs(opts)
-    layerwise = (kw.pop("layerwise"),) if _given(ctx, "layerwise") else (False, True)
-    checkpointing = (kw.pop("checkpointing"),) if _given(ctx, "checkpointing") else (False, True)
-    kw.pop("layerwise", None), kw.pop("checkpointing", None)
+    lw, ck = kw.pop("layerwise"), kw.pop("checkpointing")
+    layerwise = (lw,) if _given(ctx, "layerwise") else (False, True)
+    checkpointing = (ck,) if _given(ctx, "checkpointing") else (False, True)
     rows = fit_report(opts["model"], g, _names(methods), layerwise=layerwise, checkpointing=checkpointing, **kw)
     if as_json:
         click.echo(json.dumps({"gpu": g.id, "gpu_name": g.name, "capacity_bytes": capacity_bytes(g),
                                "rows": [r.to_dict() for r in rows], "units": "bytes"}, indent=2))
-        return
-    from memplan.estimator import _smallest_projected_dim
-    from memplan.planner import make_config
-
-    c = make_config(opts["model"], **{k: v for k, v in kw.items() if k != "rank"})
-    click.echo(fit_table(rows, g, capacity_bytes(g), c.model.name, c.batch_size, c.seq_len, opts["rank"],
-                         c.precision, _smallest_projected_dim(c.model, c.target_modules)))
+    else:
+        click.echo(fit_table(rows, g, make_config(opts["model"], **kw)))
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

@@ -6,9 +6,9 @@ import io
 
 from tabulate import tabulate
 
-from memplan.estimator import CATEGORIES, TrainingConfig
+from memplan.estimator import CATEGORIES, TrainingConfig, capacity_bytes
 from memplan.methods import METHODS
-from memplan.planner import MAX_SEQ_LEN, SWEEP_FIELDS, CompareRow, FitRow, PlanRow
+from memplan.planner import MAX_SEQ_LEN, SWEEP_FIELDS, CompareRow, FitRow, PlanRow, rank_limit
 from memplan.profiles import GPUProfile
 from memplan.units import GiB
 
@@ -47,22 +47,21 @@ def config_line(c: TrainingConfig, per_gpu: bool = False, method: bool = True) -
 
 # ---------------------------------------------------------------- fit
 
-def fit_table(rows: list[FitRow], gpu: GPUProfile, capacity: int, model: str, batch_size: int, seq_len: int,
-              rank: int, precision: str, max_rank: int | None) -> str:
+def fit_table(rows: list[FitRow], gpu: GPUProfile, config: TrainingConfig) -> str:
+    """`config`: the options shared by the rows (model, rank, batch, seq, precision)."""
+    c = config
     yn = lambda b: "yes" if b else "no"  # noqa: E731
     seq = lambda n: f">={n:,}" if n >= MAX_SEQ_LEN else f"{n:,}"  # noqa: E731
     table = [[r.method, "-" if r.rank is None else r.rank, yn(r.layerwise), yn(r.checkpointing), yn(r.fits),
               g(r.required_bytes), signed(r.headroom_bytes), f"{r.max_batch_size:,}", seq(r.max_seq_len),
               "-" if r.max_rank is None else f"{r.max_rank:,}"] for r in rows]
     headers = ["method", "rank", "per-layer", "ckpt", "fits", "need GiB", "headroom GiB",
-               f"max batch @{seq_len}", "max seq @b1", "max rank"]
-    lines = [f"{model} | {precision} | batch {batch_size} x seq {seq_len} | rank {rank} "
-             f"| on {gpu_line(gpu, capacity)}", "", _table(table, headers), ""]
-    rank_note = f", up to {max_rank:,}" if max_rank else ""
-    lines.append(f"fits / need / headroom: at batch {batch_size} x seq {seq_len}, device total (allocated peak + "
-                 "CUDA context + fragmentation).")
-    lines.append(f"max batch: at seq {seq_len}; max seq: at batch 1 (search limit {MAX_SEQ_LEN:,}); "
-                 f"max rank: at batch {batch_size} x seq {seq_len}{rank_note}. 0: even 1 does not fit; -: no rank.")
+               f"max batch @{c.seq_len}", "max seq @b1", "max rank"]
+    lines = [f"{config_line(c, method=False)} | on {gpu_line(gpu, capacity_bytes(gpu))}", "", _table(table, headers),
+             "", f"fits / need / headroom: at batch {c.batch_size} x seq {c.seq_len}, device total (allocated peak + "
+             "CUDA context + fragmentation).",
+             f"max batch: at seq {c.seq_len}; max seq: at batch 1 (search limit {MAX_SEQ_LEN:,}); max rank: at "
+             f"batch {c.batch_size} x seq {c.seq_len}, up to {rank_limit(c):,}. 0: even 1 does not fit; -: no rank."]
     return "\n".join(lines)
 
 

@@ -138,15 +138,19 @@ def max_seq_len(model, gpu, method: str | None = None, *, gpu_file=None, layout:
     return _search("seq_len", limit, model, gpu, method, gpu_file, layout, num_gpus, options)
 
 
+def rank_limit(config: TrainingConfig) -> int:
+    """The largest rank a config can take: the smallest dimension of its projected weights."""
+    return _smallest_projected_dim(config.model, config.target_modules)
+
+
 def max_rank(model, gpu, method: str | None = None, *, gpu_file=None, layout: str = "single",
              num_gpus: int = 1, **options) -> int | None:
     """Largest rank that fits, up to the smallest projected dimension; None for methods without rank."""
     config = make_config(model, method, **options)
     if not METHODS[config.method].uses_rank:
         return None
-    k = _smallest_projected_dim(config.model, config.target_modules)
     config = replace(config, rank=1)
-    return _search("rank", k, config, gpu, None, gpu_file, layout, num_gpus, {})
+    return _search("rank", rank_limit(config), config, gpu, None, gpu_file, layout, num_gpus, {})
 
 
 # ---------------------------------------------------------------- fit report
