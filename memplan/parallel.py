@@ -41,12 +41,12 @@ Assumptions, stated once:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
 from memplan.errors import MemplanError, unknown
 from memplan.estimator import CUDA_CONTEXT_BYTES, FRAGMENTATION, PRECISIONS, Estimate
-from memplan.inventory import _inventory, resolve_targets
+from memplan.inventory import inventory, resolve_targets
 from memplan.profiles import ModelProfile
 from memplan.units import MiB
 
@@ -82,7 +82,7 @@ def resolve_layout(layout: str) -> str:
 def sharding_units(model: ModelProfile, targets: tuple[str, ...]) -> dict[str, int]:
     """{unit name: number of parameter elements}: blocks, and other modules on their own."""
     units: dict[str, int] = {}
-    for s in _inventory(model, targets):
+    for s in inventory(model, targets):
         m = _BLOCK.match(s.name)
         key = m.group(1) if m else s.name.rsplit(".", 1)[0]
         units[key] = units.get(key, 0) + s.numel
@@ -157,5 +157,6 @@ def shard(est: Estimate, layout: str = "single", num_gpus: int = 1, *, bucket_vi
               for name, ph in est.phases.items()}
     peak = max(sum(ph.values()) for ph in phases.values())
     overhead = CUDA_CONTEXT_BYTES + int(peak * FRAGMENTATION) + (COMM_BUFFER_BYTES if key != "single" else 0)
-    return ShardedEstimate(c, phases, overhead, est.parameter_count, est.trainable_count, est.gpu,
-                           layout=key, num_gpus=num_gpus, unit_bytes=unit_param)
+    base = {f.name: getattr(est, f.name) for f in fields(Estimate) if f.init}
+    return ShardedEstimate(**{**base, "phases": phases, "overhead": overhead}, layout=key, num_gpus=num_gpus,
+                           unit_bytes=unit_param)

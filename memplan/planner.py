@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterable
 
 from memplan.errors import MemplanError
-from memplan.estimator import Estimate, TrainingConfig, _smallest_projected_dim, capacity_bytes, estimate_config
-from memplan.inventory import resolve_targets
+from memplan.estimator import Estimate, TrainingConfig, capacity_bytes, estimate_config
+from memplan.inventory import inventory, resolve_targets
 from memplan.methods import METHODS, get_method
 from memplan.parallel import LAYOUTS, check_layout, shard
 from memplan.profiles import GPUProfile, load_gpu, load_gpus, load_model
@@ -140,7 +140,7 @@ def max_seq_len(model, gpu, method: str | None = None, *, gpu_file=None, layout:
 
 def rank_limit(config: TrainingConfig) -> int:
     """The largest rank a config can take: the smallest dimension of its projected weights."""
-    return _smallest_projected_dim(config.model, config.target_modules)
+    return min(min(t.shape) for t in inventory(config.model, config.target_modules) if t.projected)
 
 
 def max_rank(model, gpu, method: str | None = None, *, gpu_file=None, layout: str = "single",

@@ -99,7 +99,7 @@ def test_max_rank_fits_and_one_more_does_not(cfg, method):
     model, _, gpu, opts = _split(cfg)
     r = max_rank(model, gpu, method, **opts)
     c = make_config(model, method, rank=1, **opts)
-    k = memplan.estimator._smallest_projected_dim(c.model, c.target_modules)
+    k = planner.rank_limit(c)
     assert 0 <= r <= k
     if r == 0:
         assert not fits(c, gpu)
