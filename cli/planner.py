@@ -77,11 +77,14 @@ def fit(ctx, gpu, methods, as_json, **opts):
     layerwise = (lw,) if _given(ctx, "layerwise") else (False, True)
     checkpointing = (ck,) if _given(ctx, "checkpointing") else (False, True)
     rows = fit_report(opts["model"], g, _names(methods), layerwise=layerwise, checkpointing=checkpointing, **kw)
+    config = make_config(opts["model"], **kw)
     if as_json:
-        click.echo(json.dumps({"gpu": g.id, "gpu_name": g.name, "capacity_bytes": capacity_bytes(g),
+        shared = {"model": config.model.name, "precision": config.precision, "batch_size": config.batch_size,
+                  "seq_len": config.seq_len}
+        click.echo(json.dumps({**shared, "gpu": g.id, "gpu_name": g.name, "capacity_bytes": capacity_bytes(g),
                                "rows": [r.to_dict() for r in rows], "units": "bytes"}, indent=2))
     else:
-        click.echo(fit_table(rows, g, make_config(opts["model"], **kw)))
+        click.echo(fit_table(rows, g, config))
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

@@ -30,6 +30,15 @@ def gpu_line(gpu: GPUProfile, capacity: int) -> str:
     return f"{gpu.name} ({gpu.id}), {g(capacity)} GiB usable"
 
 
+def bf16_note(gpus, precision: str) -> list[str]:
+    """A warning line when a bf16 run is planned on GPUs without bf16 support."""
+    names = sorted({gp.id for gp in gpus if not gp.bf16})
+    if precision != "bf16" or not names:
+        return []
+    return [f"Note: no native bf16 on {', '.join(names)} (emulated, slow); fp16 needs the same memory "
+            "but loss scaling."]
+
+
 def config_line(c: TrainingConfig, per_gpu: bool = False, method: bool = True) -> str:
     parts = [c.model.name, c.precision, f"batch {c.batch_size}{' per GPU' if per_gpu else ''} x seq {c.seq_len}"]
     if not method:
@@ -62,7 +71,7 @@ def fit_table(rows: list[FitRow], gpu: GPUProfile, config: TrainingConfig) -> st
              "CUDA context + fragmentation).",
              f"max batch: at seq {c.seq_len}; max seq: at batch 1 (search limit {MAX_SEQ_LEN:,}); max rank: at "
              f"batch {c.batch_size} x seq {c.seq_len}, up to {rank_limit(c):,}. 0: even 1 does not fit; -: no rank."]
-    return "\n".join(lines)
+    return "\n".join(lines + bf16_note([gpu], c.precision))
 
 
 # ---------------------------------------------------------------- compare
@@ -165,4 +174,4 @@ def plan_table(rows: list[PlanRow], config: TrainingConfig) -> str:
                  "Override them with --gpu-file.")
     if config.layerwise:
         lines.append("The per-layer update is single-GPU only (as in GaLore's public code): multi-GPU rows left out.")
-    return "\n".join(lines)
+    return "\n".join(lines + bf16_note([r.gpu for r in rows], config.precision))

@@ -22,7 +22,9 @@ never divided. The layouts, from least to most sharded (`LAYOUTS`):
 
 A *unit* is what FSDP wraps and gathers at once: one transformer block, and every
 other top-level module (embedding, final norm, head) on its own, as torchtitan's
-per-module wrapping does (`sharding_units`).
+per-module wrapping does (`sharding_units`). Units are counted from the model's
+own parameters; for `lowrank`, whose factors replace the full weights, that
+overcounts the gathered unit (a conservative error).
 
 Assumptions, stated once:
 - Sharding is by whole tensors, balanced by size (the way

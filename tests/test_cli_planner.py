@@ -140,3 +140,10 @@ def test_unknown_gpu_and_method_are_one_line_errors():
     assert r.exit_code == 2 and "Unknown GPU 'rtx4090'" in r.output and "rtx-4090" in r.output
     r = CliRunner().invoke(cli, ["compare", "--model", "llama-7b", "--methods", "galor"])
     assert r.exit_code == 2 and "Unknown method 'galor'" in r.output
+
+
+def test_bf16_on_a_gpu_without_bf16_is_noted():
+    r = run("fit", "--model", "llama-60m", "--gpu", "t4", "--methods", "adamw")
+    assert "no native bf16 on t4" in r.output
+    r = run("fit", "--model", "llama-60m", "--gpu", "t4", "--methods", "adamw", "--precision", "mixed")
+    assert "bf16 on" not in r.output
