@@ -135,7 +135,8 @@ def sweep_table(rows: list[dict], gpu: GPUProfile | None) -> str:
     rest = varying[2:]
     r0 = rows[0]
     fixed = [f"{_label(f)} {r0[f]}" for f in SWEEP_FIELDS if f not in varying and r0[f] is not None]
-    lines = [" | ".join([r0["model"], r0["method"], *fixed]), ""]
+    flags = [name for name, key in (("per-layer update", "layerwise"), ("checkpointing", "checkpointing")) if r0[key]]
+    lines = [" | ".join([r0["model"], r0["method"], r0["precision"], *fixed, *flags]), ""]
     groups = {}
     for r in rows:
         groups.setdefault(tuple(r[f] for f in rest), []).append(r)

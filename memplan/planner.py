@@ -257,7 +257,8 @@ def sweep(model, method: str = "galore", *, ranks=None, batch_sizes=None, seq_le
         for b in axes["batch_size"]:
             for s in axes["seq_len"]:
                 est = estimate_config(replace(base, rank=r, batch_size=b, seq_len=s), g)
-                row = {"model": base.model.name, "method": base.method,
+                row = {"model": base.model.name, "method": base.method, "precision": base.precision,
+                       "layerwise": base.layerwise, "checkpointing": base.checkpointing,
                        "rank": r if METHODS[base.method].uses_rank else None, "batch_size": b, "seq_len": s,
                        "peak_phase": est.peak_phase, "peak_allocated_bytes": est.peak_bytes,
                        "device_total_bytes": est.device_total_bytes}
