@@ -11,6 +11,7 @@ from memplan.cli.common import CONTEXT_SETTINGS, config_kwargs, handle_errors, m
 from memplan.cli.planner_tables import compare_table, fit_table, plan_table, sweep_csv, sweep_table
 from memplan.errors import MemplanError
 from memplan.estimator import capacity_bytes
+from memplan.units import GiB
 
 GPU_HELP = "GPU profile id (see 'memplan gpus'), or 'local' / 'local:N' for this machine's GPU (NVML)."
 
@@ -158,9 +159,11 @@ def sweep(method, ranks, batch_sizes, seq_lens, gpu, as_csv, as_json, **opts):
 @click.option("--sort", type=click.Choice(["hour", "purchase"]), default="hour", show_default=True,
               help="Rank by price per hour or by purchase price.")
 @click.option("--top", type=int, default=None, help="Show only the N cheapest.")
+@click.option("--min-headroom", type=float, default=0.0, show_default=True,
+              help="GiB each GPU must keep free (a safety margin on top of the estimate).")
 @_run_opts
 @handle_errors
-def plan(method, gpus, gpu_counts, layouts, sort, top, as_json, **opts):
+def plan(method, gpus, gpu_counts, layouts, sort, top, min_headroom, as_json, **opts):
     """What to rent or buy: every GPU and GPU count (1, 2, 4, 8) that fits, cheapest first.
 
     For each GPU profile and count, the least-sharded parallel layout that fits:
@@ -171,13 +174,17 @@ def plan(method, gpus, gpu_counts, layouts, sort, top, as_json, **opts):
     Example:
       memplan plan --model llama-13b --method galore8bit --batch-size 4 --seq-len 2048
       memplan plan --model llama-7b --method adamw --checkpointing --sort purchase --top 5
+      memplan plan --model llama-7b --method galore8bit --layerwise --min-headroom 2
     """
     from memplan.planner import make_config
     from memplan.planner import plan as run
 
     kw = config_kwargs(opts)
+    if min_headroom < 0:
+        raise MemplanError(f"--min-headroom must be 0 or more GiB, got {min_headroom}.")
     rows = run(opts["model"], method, gpus=_names(gpus), gpu_counts=_ints(gpu_counts, "--gpu-counts"),
-               layouts=_names(layouts), gpu_file=opts["gpu_file"], sort=sort, **kw)
+               layouts=_names(layouts), gpu_file=opts["gpu_file"], sort=sort,
+               min_headroom=int(min_headroom * GiB), **kw)
     if top is not None:
         rows = rows[:max(top, 0)]
     if as_json:
@@ -190,7 +197,7 @@ def plan(method, gpus, gpu_counts, layouts, sort, top, as_json, **opts):
                    f"{config.seq_len}, on any GPU profile and count considered. Try "
                    + ", ".join(hints + ["a smaller --batch-size or --seq-len", "--gpu-counts 16"]) + ".")
         return
-    click.echo(plan_table(rows, config))
+    click.echo(plan_table(rows, config, int(min_headroom * GiB)))
 
 
 COMMANDS = [fit, compare, sweep, plan]

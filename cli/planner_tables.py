@@ -160,7 +160,7 @@ def sweep_table(rows: list[dict], gpu: GPUProfile | None) -> str:
 
 # ---------------------------------------------------------------- plan
 
-def plan_table(rows: list[PlanRow], config: TrainingConfig) -> str:
+def plan_table(rows: list[PlanRow], config: TrainingConfig, min_headroom: int = 0) -> str:
     money = lambda v, fmt: "-" if v is None else fmt.format(v)  # noqa: E731
     table = [[i, r.gpu.id, r.num_gpus, r.layout, g(r.per_gpu_bytes), g(r.capacity_bytes), signed(r.headroom_bytes),
               f"{r.max_batch_size:,}", money(r.price_per_hour_usd, "${:,.2f}"),
@@ -173,6 +173,8 @@ def plan_table(rows: list[PlanRow], config: TrainingConfig) -> str:
                  "< zero3 (+ params; FSDP full shard).")
     lines.append("Prices are approximate and dated (price date); $/hour and purchase are for all the GPUs. "
                  "Override them with --gpu-file.")
+    if min_headroom:
+        lines.append(f"Every GPU keeps at least {g(min_headroom)} GiB free (--min-headroom), max batch included.")
     if config.layerwise:
         lines.append("The per-layer update is single-GPU only (as in GaLore's public code): multi-GPU rows left out.")
     return "\n".join(lines + bf16_note([r.gpu for r in rows], config.precision))

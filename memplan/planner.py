@@ -80,8 +80,10 @@ def per_gpu(config: TrainingConfig, layout: str = "single", num_gpus: int = 1) -
     return est if layout == "single" else shard(est, layout, num_gpus)
 
 
-def fits(config: TrainingConfig, gpu: GPUProfile, layout: str = "single", num_gpus: int = 1) -> bool:
-    return per_gpu(config, layout, num_gpus).device_total_bytes <= capacity_bytes(gpu)
+def fits(config: TrainingConfig, gpu: GPUProfile, layout: str = "single", num_gpus: int = 1,
+         min_headroom: int = 0) -> bool:
+    """Device total per GPU + `min_headroom` bytes <= what CUDA can allocate on `gpu`."""
+    return per_gpu(config, layout, num_gpus).device_total_bytes + min_headroom <= capacity_bytes(gpu)
 
 
 # ---------------------------------------------------------------- bisection
@@ -110,32 +112,33 @@ def largest(ok: Callable[[int], bool], limit: int) -> int:
     return lo
 
 
-def _search(field: str, limit: int, model, gpu, method, gpu_file, layout, num_gpus, options) -> int:
+def _search(field: str, limit: int, model, gpu, method, gpu_file, layout, num_gpus, min_headroom, options) -> int:
     config = make_config(model, method, **options)
     g = resolve_gpu(gpu, gpu_file)
     layout = check_layout(layout, num_gpus, config.layerwise)
-    return largest(lambda n: fits(replace(config, **{field: n}), g, layout, num_gpus), limit)
+    return largest(lambda n: fits(replace(config, **{field: n}), g, layout, num_gpus, min_headroom), limit)
 
 
 def max_batch_size(model, gpu, method: str | None = None, *, gpu_file=None, layout: str = "single",
-                   num_gpus: int = 1, limit: int = MAX_BATCH, **options) -> int:
+                   num_gpus: int = 1, min_headroom: int = 0, limit: int = MAX_BATCH, **options) -> int:
     """Largest micro-batch per GPU that fits at the given seq_len; 0 if batch 1 does not fit.
 
     `model`: a TrainingConfig, or a model spec with `method` and TrainingConfig
-    options (rank, seq_len, precision, layerwise, checkpointing, ...).
+    options (rank, seq_len, precision, layerwise, checkpointing, ...). `layout` and
+    `num_gpus`: see memplan/parallel.py. `min_headroom`: bytes to keep free per GPU.
     """
-    return _search("batch_size", limit, model, gpu, method, gpu_file, layout, num_gpus, options)
+    return _search("batch_size", limit, model, gpu, method, gpu_file, layout, num_gpus, min_headroom, options)
 
 
 def max_seq_len(model, gpu, method: str | None = None, *, gpu_file=None, layout: str = "single",
-                num_gpus: int = 1, limit: int = MAX_SEQ_LEN, **options) -> int:
+                num_gpus: int = 1, min_headroom: int = 0, limit: int = MAX_SEQ_LEN, **options) -> int:
     """Largest sequence length that fits at the given batch_size (default 1); 0 if 1 token does not fit.
 
     Capped at `limit` (1,048,576): a result equal to it means "at least".
     """
     if not isinstance(model, TrainingConfig):
         options.setdefault("batch_size", 1)
-    return _search("seq_len", limit, model, gpu, method, gpu_file, layout, num_gpus, options)
+    return _search("seq_len", limit, model, gpu, method, gpu_file, layout, num_gpus, min_headroom, options)
 
 
 def rank_limit(config: TrainingConfig) -> int:
@@ -144,13 +147,13 @@ def rank_limit(config: TrainingConfig) -> int:
 
 
 def max_rank(model, gpu, method: str | None = None, *, gpu_file=None, layout: str = "single",
-             num_gpus: int = 1, **options) -> int | None:
+             num_gpus: int = 1, min_headroom: int = 0, **options) -> int | None:
     """Largest rank that fits, up to the smallest projected dimension; None for methods without rank."""
     config = make_config(model, method, **options)
     if not METHODS[config.method].uses_rank:
         return None
     config = replace(config, rank=1)
-    return _search("rank", rank_limit(config), config, gpu, None, gpu_file, layout, num_gpus, {})
+    return _search("rank", rank_limit(config), config, gpu, None, gpu_file, layout, num_gpus, min_headroom, {})
 
 
 # ---------------------------------------------------------------- fit report
@@ -310,11 +313,12 @@ def _layouts_for(count: int, layerwise: bool, layouts) -> list[str]:
 
 
 def plan(model, method: str = "adamw", *, gpus=None, gpu_counts=GPU_COUNTS, layouts=None, gpu_file=None,
-         sort: str = "hour", **options) -> list[PlanRow]:
+         sort: str = "hour", min_headroom: int = 0, **options) -> list[PlanRow]:
     """Every GPU profile x GPU count that fits, with the least-sharded layout that does, cheapest first.
 
     `batch_size` is the micro-batch per GPU. `sort`: "hour" (price per hour, then
     purchase) or "purchase" (purchase, then per hour); GPUs without a price come last.
+    `min_headroom`: bytes every GPU must keep free (a safety margin; 0: just fit).
     With the per-layer update only single-GPU rows are possible (memplan/parallel.py).
     """
     if sort not in ("hour", "purchase"):
@@ -335,8 +339,9 @@ def plan(model, method: str = "adamw", *, gpus=None, gpu_counts=GPU_COUNTS, layo
         for n in counts:
             for lay in _layouts_for(n, config.layerwise, layouts):
                 need = per_gpu(config, lay, n).device_total_bytes
-                if need <= cap:
-                    rows.append(PlanRow(g, n, lay, need, cap, max_batch_size(config, g, layout=lay, num_gpus=n)))
+                if need + min_headroom <= cap:
+                    best = max_batch_size(config, g, layout=lay, num_gpus=n, min_headroom=min_headroom)
+                    rows.append(PlanRow(g, n, lay, need, cap, best))
                     break
     return sorted(rows, key=lambda r: _price_key(r, sort))
 

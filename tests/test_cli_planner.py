@@ -147,3 +147,15 @@ def test_bf16_on_a_gpu_without_bf16_is_noted():
     assert "no native bf16 on t4" in r.output
     r = run("fit", "--model", "llama-60m", "--gpu", "t4", "--methods", "adamw", "--precision", "mixed")
     assert "bf16 on" not in r.output
+
+
+def test_plan_min_headroom():
+    r = run("plan", "--model", "llama-7b", "--method", "galore8bit", "--layerwise", "--checkpointing",
+            "--min-headroom", "8", "--json")
+    rows = json.loads(r.output)
+    assert rows and all(x["headroom_bytes"] >= 8 * 2**30 for x in rows)
+    r = run("plan", "--model", "llama-7b", "--method", "galore8bit", "--layerwise", "--checkpointing",
+            "--min-headroom", "8")
+    assert "at least 8.00 GiB free" in r.output and "rtx-4090" not in r.output
+    r = CliRunner().invoke(cli, ["plan", "--model", "llama-7b", "--min-headroom", "-1"])
+    assert r.exit_code == 2 and "--min-headroom" in r.output

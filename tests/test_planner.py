@@ -255,6 +255,20 @@ def test_plan_gpus_without_price_come_last(tmp_path):
     assert rows[-1].gpu.id == "cheap-big" and rows[-1].price_per_hour_usd is None
 
 
+def test_plan_min_headroom_keeps_a_margin_everywhere():
+    margin = 4 * 2**30
+    loose = memplan.plan("llama-7b", "galore8bit", layerwise=True, checkpointing=True)
+    safe = memplan.plan("llama-7b", "galore8bit", layerwise=True, checkpointing=True, min_headroom=margin)
+    assert safe and all(r.headroom_bytes >= margin for r in safe)
+    assert {r.gpu.id for r in safe} == {r.gpu.id for r in loose if r.headroom_bytes >= margin}
+    by_id = {r.gpu.id: r for r in loose}
+    for r in safe:
+        assert r.max_batch_size <= by_id[r.gpu.id].max_batch_size
+        c = make_config("llama-7b", "galore8bit", layerwise=True, checkpointing=True, batch_size=r.max_batch_size)
+        assert fits(c, r.gpu, min_headroom=margin)
+        assert not fits(make_config(c, batch_size=r.max_batch_size + 1), r.gpu, min_headroom=margin)
+
+
 def test_plan_with_per_layer_update_is_single_gpu():
     rows = memplan.plan("llama-7b", "galore8bit", layerwise=True, checkpointing=True)
     assert rows and all(r.num_gpus == 1 and r.layout == "single" for r in rows)
