@@ -15,10 +15,11 @@ never divided. The layouts, from least to most sharded (`LAYOUTS`):
   `gradients`). `bucket_view=True` models `gradient_as_bucket_view=True`, where the
   gradients are views into the buckets and nothing extra is held.
 - `zero1`: optimizer states and projectors (they are optimizer state) / N.
-- `zero2`: also gradients / N, plus the full gradient of the largest unit while
-  it waits to be reduce-scattered.
-- `zero3` (= FSDP full shard): also parameters / N, plus the all-gathered
-  parameters of the largest unit in flight: `UNITS_IN_FLIGHT` of them.
+- `zero2`: also gradients / N, plus (in backward) the full gradient of the largest
+  unit while it waits to be reduce-scattered.
+- `zero3` (= FSDP full shard): also parameters / N, plus (in forward and backward)
+  the all-gathered parameters of the largest unit: `UNITS_IN_FLIGHT` of them. The
+  optimizer step runs on the shards, with nothing gathered.
 
 A *unit* is what FSDP wraps and gathers at once: one transformer block, and every
 other top-level module (embedding, final norm, head) on its own, as torchtitan's
@@ -128,9 +129,14 @@ def check_layout(layout: str, num_gpus: int, layerwise: bool) -> str:
 
 
 def shard_phase(phase: dict[str, int], layout: str, n: int, grads_total: int, unit_param: int,
-                unit_grad: int, bucket_view: bool = False) -> dict[str, int]:
-    """One phase's categories per GPU. `grads_total`: all trainable gradient bytes."""
+                unit_grad: int, bucket_view: bool = False, in_pass: bool = True) -> dict[str, int]:
+    """One phase's categories per GPU. `grads_total`: all trainable gradient bytes.
+
+    `in_pass`: the phase is in the forward or backward pass, where units are gathered and
+    gradients wait for their reduce-scatter; the optimizer step runs on shards only.
+    """
     p = dict(phase)
+    unit_param, unit_grad = (unit_param, unit_grad) if in_pass else (0, 0)
     if layout == "single":
         return p
     if layout == "ddp":
@@ -155,7 +161,8 @@ def shard(est: Estimate, layout: str = "single", num_gpus: int = 1, *, bucket_vi
     unit = largest_unit_numel(c.model, c.target_modules)
     unit_param, unit_grad = unit * prec.param, unit * prec.grad
     grads_total = max(ph["gradients"] for ph in est.phases.values())  # end of backward: every gradient
-    phases = {name: shard_phase(ph, key, num_gpus, grads_total, unit_param, unit_grad, bucket_view)
+    phases = {name: shard_phase(ph, key, num_gpus, grads_total, unit_param, unit_grad, bucket_view,
+                                in_pass=name in ("forward", "backward"))
               for name, ph in est.phases.items()}
     peak = max(sum(ph.values()) for ph in phases.values())
     overhead = CUDA_CONTEXT_BYTES + int(peak * FRAGMENTATION) + (COMM_BUFFER_BYTES if key != "single" else 0)

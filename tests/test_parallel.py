@@ -5,7 +5,7 @@ import memplan
 from memplan.errors import MemplanError
 from memplan.estimator import CUDA_CONTEXT_BYTES, FRAGMENTATION
 from memplan.parallel import (COMM_BUFFER_BYTES, LAYOUTS, UNITS_IN_FLIGHT, ShardedEstimate, largest_unit_numel,
-                              resolve_layout, shard, sharding_units)
+                              resolve_layout, shard, shard_phase, sharding_units)
 from memplan.profiles import load_model
 
 SHARDED = ("zero1", "zero2", "zero3")
@@ -49,7 +49,9 @@ def test_zero2_also_divides_gradients_plus_one_unit(est7b, n):
     s = shard(est7b, "zero2", n)
     unit_grad = largest_unit_numel(est7b.config.model) * 2  # bf16 gradients
     all_grads = est7b.phases["optimizer_step"]["gradients"]
-    assert s.phases["optimizer_step"]["gradients"] == ceil_div(all_grads, n) + unit_grad
+    bwd = est7b.phases["backward"]["gradients"]  # the head's gradient here (start of backward is the peak)
+    assert s.phases["backward"]["gradients"] == min(bwd, ceil_div(bwd, n) + unit_grad)
+    assert s.phases["optimizer_step"]["gradients"] == ceil_div(all_grads, n)  # reduce-scatters are done
     assert s.phases["forward"]["gradients"] == 0
     for phase, cats in est7b.phases.items():
         assert s.phases[phase]["gradients"] <= cats["gradients"]
@@ -62,9 +64,30 @@ def test_zero3_also_divides_parameters_plus_units_in_flight(est7b, n):
     s = shard(est7b, "zero3", n)
     unit = largest_unit_numel(est7b.config.model) * 2  # bf16 weights
     for phase, cats in est7b.phases.items():
-        assert s.phases[phase]["parameters"] == ceil_div(cats["parameters"], n) + UNITS_IN_FLIGHT * unit
+        gathered = UNITS_IN_FLIGHT * unit if phase in ("forward", "backward") else 0
+        assert s.phases[phase]["parameters"] == ceil_div(cats["parameters"], n) + gathered
         assert s.phases[phase]["activations"] == cats["activations"]  # micro-batch per GPU: never divided
         assert s.phases[phase]["temporaries"] == cats["temporaries"]
+
+
+PHASE = {"parameters": 8000, "gradients": 8000, "optimizer_states": 16004, "projectors": 1000,
+         "activations": 5000, "temporaries": 300}
+
+
+@pytest.mark.parametrize("layout,in_pass,expected", [
+    # 4 GPUs, all gradients 8000 B, one unit: 1000 B of parameters and 1000 B of gradient
+    ("single", True, PHASE),
+    ("ddp", True, {**PHASE, "gradients": 8000 + 8000}),
+    ("zero1", True, {**PHASE, "optimizer_states": 4001, "projectors": 250}),
+    ("zero2", True, {**PHASE, "optimizer_states": 4001, "projectors": 250, "gradients": 2000 + 1000}),
+    ("zero2", False, {**PHASE, "optimizer_states": 4001, "projectors": 250, "gradients": 2000}),
+    ("zero3", True, {**PHASE, "optimizer_states": 4001, "projectors": 250, "gradients": 2000 + 1000,
+                     "parameters": 2000 + UNITS_IN_FLIGHT * 1000}),
+    ("zero3", False, {**PHASE, "optimizer_states": 4001, "projectors": 250, "gradients": 2000,
+                      "parameters": 2000}),
+])
+def test_shard_phase_by_hand(layout, in_pass, expected):
+    assert shard_phase(PHASE, layout, 4, 8000, 1000, 1000, in_pass=in_pass) == expected
 
 
 def test_ddp_adds_one_gradient_sized_bucket_buffer(est7b):
