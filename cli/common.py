@@ -56,19 +56,24 @@ def model_options(f):
     return f
 
 
-def estimate_options(f):
-    opts = [
-        click.option("--method", default="adamw", show_default=True, help="Training method (see 'memplan methods')."),
+def run_options(f):
+    """--rank, --batch-size, --seq-len: one run's shape (estimate, fit, compare, plan)."""
+    for opt in reversed([
         click.option("--rank", "-r", type=int, default=128, show_default=True,
                      help="Projection / adapter rank (projection and adapter methods)."),
         click.option("--batch-size", "-b", type=int, default=1, show_default=True, help="Micro-batch size per GPU."),
         click.option("--seq-len", "-s", type=int, default=2048, show_default=True, help="Sequence length (tokens)."),
-        click.option("--gpu", "-g", default=None, help="GPU profile id for the fit verdict (see 'memplan gpus')."),
-    ]
-    f = model_options(f)
-    for opt in reversed(opts):
+    ]):
         f = opt(f)
     return f
+
+
+def estimate_options(f):
+    f = click.option("--gpu", "-g", default=None, help="GPU profile id for the fit verdict (see 'memplan gpus').")(f)
+    f = run_options(f)
+    f = click.option("--method", default="adamw", show_default=True,
+                     help="Training method (see 'memplan methods').")(f)
+    return model_options(f)
 
 
 CONFIG_KEYS = ("rank", "update_gap", "target_modules", "precision", "batch_size", "seq_len", "layerwise",

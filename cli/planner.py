@@ -7,7 +7,7 @@ import json
 import click
 from click.core import ParameterSource
 
-from memplan.cli.common import CONTEXT_SETTINGS, config_kwargs, handle_errors, model_options
+from memplan.cli.common import CONTEXT_SETTINGS, config_kwargs, handle_errors, model_options, run_options
 from memplan.cli.planner_tables import compare_table, fit_table, plan_table, sweep_csv, sweep_table
 from memplan.errors import MemplanError
 from memplan.estimator import capacity_bytes
@@ -38,15 +38,8 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 def _run_opts(f):
     """--rank, --batch-size, --seq-len (one value each) and --json."""
-    for opt in reversed([
-        click.option("--rank", "-r", type=int, default=128, show_default=True,
-                     help="Projection / adapter rank (projection and adapter methods)."),
-        click.option("--batch-size", "-b", type=int, default=1, show_default=True, help="Micro-batch size per GPU."),
-        click.option("--seq-len", "-s", type=int, default=2048, show_default=True, help="Sequence length (tokens)."),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON (bytes) instead of a table."),
-    ]):
-        f = opt(f)
-    return f
+    f = click.option("--json", "as_json", is_flag=True, help="Print JSON (bytes) instead of a table.")(f)
+    return run_options(f)
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

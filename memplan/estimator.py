@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from memplan.activations import activations
 from memplan.errors import MemplanError
-from memplan.inventory import TensorSpec, _inventory, resolve_targets
+from memplan.inventory import _inventory, resolve_targets
 from memplan.methods import METHODS, Method, Shape, get_method
 from memplan.phases import StepTerms, compose
 from memplan.profiles import GPUProfile, ModelProfile, load_gpu, load_model
@@ -247,12 +247,17 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     return Estimate(c, phases, overhead, n_params, n_trainable, gpu)
 
 
-def estimate(model, method: str = "adamw", *, gpu=None, gpu_file=None, **options) -> Estimate:
-    """Estimate one training step. `model`: profile name, config.json path or ModelProfile.
+def make_config(model, method: str | None = None, **options) -> TrainingConfig:
+    """A TrainingConfig from a model spec and options, or from a config with some fields changed.
 
-    Options are the fields of `TrainingConfig` (rank, update_gap, target_modules,
-    precision, batch_size, seq_len, layerwise, checkpointing, train_non_target).
+    `model`: profile name, config.json path, ModelProfile, or a TrainingConfig (then `method` and
+    `options` override its fields). Options are TrainingConfig's fields; they are validated.
     """
+    if isinstance(model, TrainingConfig):
+        changes = dict(options)
+        if method is not None:
+            changes["method"] = get_method(method).name
+        return replace(model, **changes) if changes else model
     profile = load_model(model)
     unknown_opts = set(options) - set(TrainingConfig.__dataclass_fields__)
     if unknown_opts:
@@ -260,11 +265,15 @@ def estimate(model, method: str = "adamw", *, gpu=None, gpu_file=None, **options
                            f"Allowed: {', '.join(f for f in TrainingConfig.__dataclass_fields__ if f != 'model')}.")
     if isinstance(options.get("target_modules"), (str, list)):
         options["target_modules"] = resolve_targets(profile, options["target_modules"])
-    config = TrainingConfig(model=profile, method=get_method(method).name, **options)
+    return TrainingConfig(model=profile, method=get_method(method or "adamw").name, **options)
+
+
+def estimate(model, method: str = "adamw", *, gpu=None, gpu_file=None, **options) -> Estimate:
+    """Estimate one training step. `model`: profile name, config.json path or ModelProfile.
+
+    Options are the fields of `TrainingConfig` (rank, update_gap, target_modules,
+    precision, batch_size, seq_len, layerwise, checkpointing, train_non_target).
+    """
+    config = make_config(model, method, **options)
     g = load_gpu(gpu, gpu_file) if gpu is not None else None
     return estimate_config(config, g)
-
-
-def with_options(config: TrainingConfig, **changes) -> TrainingConfig:
-    """A copy of `config` with some fields changed (validated again)."""
-    return replace(config, **changes)

@@ -29,11 +29,11 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterable
 
 from memplan.errors import MemplanError
-from memplan.estimator import Estimate, TrainingConfig, capacity_bytes, estimate_config
-from memplan.inventory import inventory, resolve_targets
+from memplan.estimator import Estimate, TrainingConfig, capacity_bytes, estimate_config, make_config
+from memplan.inventory import inventory
 from memplan.methods import METHODS, get_method
 from memplan.parallel import LAYOUTS, check_layout, shard
-from memplan.profiles import GPUProfile, load_gpu, load_gpus, load_model
+from memplan.profiles import GPUProfile, load_gpu, load_gpus
 
 MAX_BATCH = 1 << 20
 MAX_SEQ_LEN = 1 << 20  # 1,048,576 tokens: a search limit, not the model's position limit
@@ -55,23 +55,6 @@ def resolve_gpu(gpu: "str | GPUProfile", gpu_file=None) -> GPUProfile:
             raise MemplanError(f"Bad local GPU '{gpu}': use 'local' or 'local:N' with N the GPU index (0, 1, ...).")
         return local_gpu(int(index))
     return load_gpu(gpu, gpu_file)
-
-
-def make_config(model, method: str | None = None, **options) -> TrainingConfig:
-    """A TrainingConfig from a config (options override its fields) or a model spec and options."""
-    if isinstance(model, TrainingConfig):
-        changes = dict(options)
-        if method is not None:
-            changes["method"] = get_method(method).name
-        return replace(model, **changes) if changes else model
-    profile = load_model(model)
-    unknown_opts = set(options) - set(TrainingConfig.__dataclass_fields__)
-    if unknown_opts:
-        raise MemplanError(f"Unknown option(s) {', '.join(sorted(unknown_opts))}. "
-                           f"Allowed: {', '.join(f for f in TrainingConfig.__dataclass_fields__ if f != 'model')}.")
-    if isinstance(options.get("target_modules"), (str, list)):
-        options["target_modules"] = resolve_targets(profile, options["target_modules"])
-    return TrainingConfig(model=profile, method=get_method(method or "adamw").name, **options)
 
 
 def per_gpu(config: TrainingConfig, layout: str = "single", num_gpus: int = 1) -> Estimate:
