@@ -67,9 +67,11 @@ def read_step(step: torch.Tensor) -> int:
 
 
 class _Keep:
-    """Hides a state tensor from torch's load_state_dict, which would cast every
+    """Hides a state value from torch's load_state_dict, which casts every
     floating state tensor to the parameter's dtype (fp32 absmax / qmaps / Adafactor
-    factors of a bf16 parameter would silently lose precision)."""
+    factors of a bf16 parameter would silently lose precision) and rebuilds any
+    iterable with ``type(value)(generator)`` (a str such as ``side`` would become
+    the generator's repr)."""
 
     def __init__(self, value: torch.Tensor):
         self.value = value
@@ -159,13 +161,13 @@ class LowRankOptimizer(torch.optim.Optimizer):
     # ---- state_dict: keep the saved dtypes -------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
-        state_dict["state"] = {k: {key: _Keep(v) if torch.is_tensor(v) and key != "step" else v
-                                   for key, v in s.items()} for k, s in state_dict["state"].items()}
+        state_dict["state"] = {k: {key: v if key == "step" else _Keep(v) for key, v in s.items()}
+                               for k, s in state_dict["state"].items()}
         super().load_state_dict(state_dict)
         for p, s in self.state.items():
             for key, v in list(s.items()):
                 if isinstance(v, _Keep):
-                    s[key] = v.value.to(p.device)
+                    s[key] = v.value.to(p.device) if torch.is_tensor(v.value) else v.value
 
 
 def adam_direction(state: dict, grad: torch.Tensor, group: dict, step: int):

@@ -21,7 +21,8 @@ State per projected weight: ``projector`` Q (``K x r``), ``momentum`` M
 (``r x k``), ``prev_norm`` (0-d fp32), ``step``, ``side``. Non-projected
 parameters get AdamW (torch arithmetic; the paper does not say, our choice).
 The limiter is a ``torch.where`` so no value is read back (fake-tensor safe).
-If the randomized SVD fails, the previous ``Q`` is kept (warning), as for GaLore.
+If the randomized SVD fails, the previous ``Q`` is kept (warning), as for GaLore;
+if the moment's SVD fails, Newton-Schulz (20 iterations) orthogonalizes it instead.
 """
 from __future__ import annotations
 
@@ -35,9 +36,18 @@ from .projector import check_finite, make_generator, param_seed, randomized_rang
 
 
 def orthogonalize_svd(M: torch.Tensor) -> torch.Tensor:
-    """``U V^T`` of ``M`` (fp32): the nearest semi-orthogonal matrix."""
-    U, _, Vh = torch.linalg.svd(M.float(), full_matrices=False)
-    return U @ Vh
+    """``U V^T`` of ``M`` (fp32): the nearest semi-orthogonal matrix. If the SVD
+    fails to converge (in fp32 and fp64), falls back to 20 Newton-Schulz
+    iterations, with a warning."""
+    try:
+        U, _, Vh = torch.linalg.svd(M.float(), full_matrices=False)
+    except torch.linalg.LinAlgError:
+        try:
+            U, _, Vh = torch.linalg.svd(M.double(), full_matrices=False)
+        except torch.linalg.LinAlgError:
+            warnings.warn("SVD of the SUMO moment failed; orthogonalizing with Newton-Schulz instead")
+            return orthogonalize_newton_schulz(M, steps=20)
+    return (U @ Vh).float()
 
 
 def orthogonalize_newton_schulz(M: torch.Tensor, steps: int = 5) -> torch.Tensor:
