@@ -1,0 +1,81 @@
+"""Estimate page: one run's memory by category and phase, and whether it fits the GPU."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from memplan import CATEGORIES, PHASES
+from memplan.app import charts, data, state
+from memplan.units import GiB
+
+
+def verdict_text(fit, gpu_name: str) -> str:
+    """The fits / does-not-fit sentence, headroom or shortfall in GiB."""
+    if fit.fits:
+        return (f"Fits on {gpu_name}: needs {fit.required_bytes / GiB:.2f} GiB of "
+                f"{fit.capacity_bytes / GiB:.2f} GiB, {fit.headroom_bytes / GiB:.2f} GiB headroom.")
+    return (f"Does not fit on {gpu_name}: needs {fit.required_bytes / GiB:.2f} GiB of "
+            f"{fit.capacity_bytes / GiB:.2f} GiB, {-fit.headroom_bytes / GiB:.2f} GiB short.")
+
+
+def breakdown_table(est) -> pd.DataFrame:
+    """Categories (rows) by phase (columns) in GiB, the peak phase's device total last."""
+    rows = []
+    for cat in CATEGORIES:
+        row = {"category": charts.CATEGORY_LABELS[cat].split(" (")[0]}
+        for p in PHASES:
+            row[f"{charts.PHASE_LABELS[p]} (GiB)"] = (est.overhead if cat == "overhead"
+                                                      else est.phases[p].get(cat, 0)) / GiB
+        row["share of peak (%)"] = 100 * est.breakdown[cat] / est.device_total_bytes
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def csv_table(est) -> pd.DataFrame:
+    """Long form, in bytes: phase, category, bytes (overhead once, at the peak)."""
+    rows = [{"phase": p, "category": c, "bytes": int(v)} for p in PHASES for c, v in est.phases[p].items()]
+    rows.append({"phase": est.peak_phase, "category": "overhead", "bytes": int(est.overhead)})
+    return pd.DataFrame(rows)
+
+
+def render() -> None:
+    run = state.inputs()
+    est = state.shown(data.estimate, run.model, run.method, run.gpu, run.options())
+    fit = est.fit()
+    g = fit.gpu
+
+    st.markdown(f"## {run.model.name} · {run.method}" + (f" · rank {run.rank}" if run.uses_rank else ""))
+    st.caption(f"{run.precision}, batch {run.batch_size} × {run.seq_len} tokens"
+               + (", per-layer update" if run.layerwise else "") + (", checkpointing" if run.checkpointing else "")
+               + f" · {est.parameter_count / 1e9:.2f} B parameters, {est.trainable_count / 1e9:.2f} B trainable")
+    (st.success if fit.fits else st.error)(verdict_text(fit, g.name), icon=":material/check_circle:"
+                                           if fit.fits else ":material/cancel:")
+
+    c = st.columns(4)
+    c[0].metric("Peak memory (device total)", f"{est.device_total_bytes / GiB:.2f} GiB",
+                help="Allocated peak + CUDA context + allocator fragmentation: what the GPU must have.")
+    c[1].metric("Peak phase", charts.PHASE_LABELS[est.peak_phase],
+                help=f"Allocated at the peak: {est.peak_bytes / GiB:.2f} GiB.")
+    c[2].metric(f"{g.name.replace('NVIDIA ', '')} capacity", f"{fit.capacity_bytes / GiB:.2f} GiB",
+                help="What CUDA can allocate on this GPU.")
+    c[3].metric("Headroom" if fit.fits else "Shortfall", f"{abs(fit.headroom_bytes) / GiB:.2f} GiB",
+                delta=f"{100 * fit.headroom_bytes / fit.capacity_bytes:+.0f}% of capacity", delta_color="normal",
+                help="Capacity minus the device total; a shortfall is what is missing.")
+
+    st.plotly_chart(charts.phase_bars(est.phases, est.overhead, est.peak_phase, fit.capacity_bytes,
+                                      f"{g.name.replace('NVIDIA ', '')} capacity"), width="stretch")
+
+    st.markdown("#### Breakdown by category and phase")
+    st.caption("Overhead is the CUDA context plus the caching allocator's fragmentation, counted once at the "
+               "peak. GiB = 2³⁰ bytes; the CSV has exact bytes.")
+    table = breakdown_table(est)
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in table.columns
+                                if c.endswith("(GiB)") or c.endswith("(%)")})
+    name = f"memplan_{run.model.name}_{run.method}.csv"
+    st.download_button("Download the numbers (CSV, bytes)", csv_table(est).to_csv(index=False), name,
+                       "text/csv", icon=":material/download:", key="dl_estimate")
+
+
+if __name__ == "__main__":
+    render()

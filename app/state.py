@@ -1,0 +1,185 @@
+"""The sidebar shared by every page: model, method, rank, precision, batch, sequence, GPU.
+
+`sidebar()` draws the inputs (in the entrypoint, before the page runs) and keeps
+the chosen run in `st.session_state`; a page reads it with `inputs()`. Widget keys
+are stable, so a choice survives switching pages. URL query parameters
+(`?model=llama-1b&method=golore&rank=256&gpu=a100-80gb`) set the first values, so a
+link opens the dashboard on one run.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import streamlit as st
+
+import memplan
+from memplan import METHODS, MemplanError, ModelProfile
+from memplan.profiles import load_gpus, model_from_config, model_names
+from memplan.units import GiB
+
+UPLOAD = "Upload a config.json…"
+PRECISIONS = {"bf16": "bf16 (pure)", "mixed": "mixed (fp32 master)", "fp32": "fp32"}
+DEFAULTS = {"model": "llama-7b", "method": "galore8bit", "rank": 128, "precision": "bf16", "batch_size": 1,
+            "seq_len": 2048, "layerwise": True, "checkpointing": True, "gpu": "rtx-4090"}
+_INT_KEYS = ("rank", "batch_size", "seq_len")
+_BOOL_KEYS = ("layerwise", "checkpointing")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One training run, as the sidebar sets it."""
+
+    model: ModelProfile | None  # None: no valid model yet (an upload is awaited or failed)
+    method: str
+    rank: int
+    precision: str
+    batch_size: int
+    seq_len: int
+    layerwise: bool
+    checkpointing: bool
+    gpu: str  # GPU profile id
+    model_error: str | None = None
+
+    def options(self, **changes) -> dict:
+        """Keyword arguments for `memplan.estimate` (TrainingConfig fields)."""
+        opts = dict(rank=self.rank, precision=self.precision, batch_size=self.batch_size, seq_len=self.seq_len,
+                    layerwise=self.layerwise, checkpointing=self.checkpointing)
+        opts.update(changes)
+        return opts
+
+    @property
+    def gpu_profile(self):
+        return load_gpus()[self.gpu]
+
+    @property
+    def uses_rank(self) -> bool:
+        return METHODS[self.method].uses_rank
+
+
+def gpu_label(gid: str) -> str:
+    g = load_gpus()[gid]
+    return f"{g.name.replace('NVIDIA ', '').replace('GeForce ', '')} · {g.memory_mib / 1024:.0f} GB"
+
+
+def _seed_from_query() -> None:
+    """First run of a session: defaults, overridden by valid URL query parameters."""
+    if "_seeded" in st.session_state:
+        return
+    st.session_state["_seeded"] = True
+    values = dict(DEFAULTS)
+    q = st.query_params
+    for key in DEFAULTS:
+        if key not in q:
+            continue
+        raw = q[key]
+        if key in _INT_KEYS:
+            if raw.isdigit() and int(raw) > 0:
+                values[key] = int(raw)
+        elif key in _BOOL_KEYS:
+            values[key] = raw.lower() in ("1", "true", "yes", "on")
+        elif key == "model" and raw in model_names():
+            values[key] = raw
+        elif key == "method" and raw in METHODS:
+            values[key] = raw
+        elif key == "precision" and raw in PRECISIONS:
+            values[key] = raw
+        elif key == "gpu" and raw in load_gpus():
+            values[key] = raw
+    for key, val in values.items():
+        st.session_state.setdefault(f"in_{key}", val)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def parse_config(data: bytes, filename: str) -> ModelProfile:
+    """An uploaded Hugging Face config.json, parsed as JSON only: nothing in it is executed."""
+    where = f"uploaded file '{filename}'"
+    try:
+        cfg = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise MemplanError(f"{where} is not text: upload a Hugging Face config.json.") from None
+    except json.JSONDecodeError as e:
+        raise MemplanError(f"{where} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.") from None
+    name = filename[: -len(".json")] if filename.endswith(".json") else filename
+    if name == "config" and isinstance(cfg, dict) and isinstance(cfg.get("_name_or_path"), str):
+        name = cfg["_name_or_path"].rstrip("/").split("/")[-1] or name
+    return model_from_config(cfg, name, where)
+
+
+def _model_input() -> tuple[ModelProfile | None, str | None]:
+    choice = st.selectbox("Model", [*model_names(), UPLOAD], key="in_model",
+                          help="A built-in profile, or your own Hugging Face config.json (LLaMA, Mistral, "
+                               "OPT, GPT-2, BERT/RoBERTa).")
+    if choice != UPLOAD:
+        return memplan.load_model(choice), None
+    up = st.file_uploader("config.json", type=["json"], key="in_upload",
+                          help="Read as JSON only; nothing in the file is executed.")
+    if up is None:
+        return None, "Upload a Hugging Face config.json in the sidebar to estimate your own model."
+    try:
+        return parse_config(up.getvalue(), up.name), None
+    except MemplanError as e:
+        return None, str(e)
+
+
+def sidebar() -> Inputs:
+    """Draw the inputs in the sidebar and return the chosen run."""
+    _seed_from_query()
+    with st.sidebar:
+        st.markdown("### Training run")
+        model, model_error = _model_input()
+        if model is not None:
+            st.caption(f"{memplan.parameter_count(model) / 1e9:.2f} B parameters · {model.num_hidden_layers} "
+                       f"layers · hidden {model.hidden_size}")
+        method = st.selectbox("Method", list(METHODS), key="in_method",
+                              help="\n\n".join(f"**{m.name}**: {m.description}" for m in METHODS.values()))
+        st.caption(METHODS[method].description)
+        uses_rank = METHODS[method].uses_rank
+        rank = st.number_input("Rank r", min_value=1, max_value=65536, step=32, key="in_rank",
+                               disabled=not uses_rank,
+                               help="Projection / adapter rank. Only projection and adapter methods use it.")
+        precision = st.radio("Precision", list(PRECISIONS), format_func=PRECISIONS.get, key="in_precision",
+                             horizontal=True,
+                             help="bf16: weights, gradients and optimizer states in bf16. mixed: fp32 master "
+                                  "weights, gradients and states with bf16 autocast. fp32: everything fp32.")
+        c1, c2 = st.columns(2)
+        batch = c1.number_input("Batch size", min_value=1, max_value=4096, step=1, key="in_batch_size",
+                                help="Micro-batch size per GPU.")
+        seq = c2.number_input("Sequence length", min_value=1, max_value=1 << 20, step=256, key="in_seq_len",
+                              help="Tokens per sequence.")
+        layerwise = st.toggle("Per-layer weight update", key="in_layerwise",
+                              help="Update each weight during backward and free its gradient at once.")
+        ckpt = st.toggle("Activation checkpointing", key="in_checkpointing",
+                         help="Keep only each block's input; recompute the rest in backward.")
+        st.markdown("### GPU")
+        gpu = st.selectbox("GPU", list(load_gpus()), format_func=gpu_label, key="in_gpu",
+                           label_visibility="collapsed")
+        g = load_gpus()[gpu]
+        usable = f"{g.usable_mib * (1 << 20) / GiB:.2f} GiB usable by CUDA" if g.usable_mib else \
+            f"{g.memory_mib / 1024:.1f} GiB framebuffer"
+        st.caption(f"{g.name}: {usable}" + (f" · ${g.price_per_hour_usd:.2f}/h" if g.price_per_hour_usd else ""))
+    chosen = Inputs(model, method, int(rank), precision, int(batch), int(seq), bool(layerwise), bool(ckpt), gpu,
+                    model_error)
+    st.session_state["_inputs"] = chosen
+    return chosen
+
+
+def inputs() -> Inputs:
+    """The run chosen in the sidebar; a page stops with a message while there is no valid model."""
+    chosen = st.session_state.get("_inputs")
+    if chosen is None:
+        chosen = sidebar()
+    if chosen.model is None:
+        bad_upload = st.session_state.get("in_upload") is not None
+        (st.error if bad_upload else st.info)(chosen.model_error or "Choose a model in the sidebar.")
+        st.stop()
+    return chosen
+
+
+def shown(fn, *args, **kwargs):
+    """Call the library; a `MemplanError` becomes a one-line message and the page stops."""
+    try:
+        return fn(*args, **kwargs)
+    except MemplanError as e:
+        st.error(str(e))
+        st.stop()
