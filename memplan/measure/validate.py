@@ -125,8 +125,22 @@ def measure_config(cfg: ValidateConfig, progress=None) -> dict:
     fake = cfg.device == "fake"
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda needs a CUDA GPU; none is visible. Use --device cpu or --device fake.")
+    import memplan.models  # noqa: F401  (import outside the fake mode: module-level tensors stay real)
+    import memplan.optim  # noqa: F401
     mode = _fake_mode() if fake else contextlib.nullcontext()
-    with mode:
+    # one thread on the CPU: MKL's SVD is 4x slower with two threads than with one here
+    threads = torch.get_num_threads()
+    if cfg.device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        with mode:
+            return _measure(cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(cfg: ValidateConfig, progress) -> dict:
+    if True:
         model, opt, batch, amp = build(cfg)
         merge = None
         if cfg.method == "relora":

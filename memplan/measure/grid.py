@@ -1,0 +1,86 @@
+"""Validation grids: models x methods x {layer-wise} x {checkpointing}, and their summary.
+
+``small``: llama-60m and llama-130m measured for real on the CPU (fp32: this
+CPU's bf16 matmuls are ~50x slower than fp32), llama-1b and llama-7b under
+FakeTensorMode in bf16 (the GaLore recipes' precision); every method; layer-wise
+on and off; checkpointing on and off. ``full`` adds batch sizes, mixed precision
+and llama-350m / llama-13b. ``ci`` is the cheap subset the tests run.
+"""
+from __future__ import annotations
+
+import itertools
+import statistics
+from dataclasses import replace
+
+from memplan.measure.validate import EXACT, ValidateConfig, validate
+
+ALL_METHODS = ("adamw", "sgd", "adafactor", "adam8bit", "lora", "relora", "lowrank", "galore", "galore8bit",
+               "golore", "sumo", "gradnormlorp", "gradnormlorp8bit")
+RANKS = {"llama-60m": 128, "llama-130m": 256, "llama-350m": 256, "llama-1b": 512, "llama-3b": 512,
+         "llama-7b": 1024, "llama-13b": 1024}
+
+# (model, device, precision, batch, seq)
+_SMALL_MODELS = [("llama-60m", "cpu", "fp32", 1, 64), ("llama-130m", "cpu", "fp32", 1, 64),
+                 ("llama-1b", "fake", "bf16", 1, 256), ("llama-7b", "fake", "bf16", 1, 256)]
+_FULL_MODELS = _SMALL_MODELS + [("llama-350m", "fake", "bf16", 4, 256), ("llama-7b", "fake", "mixed", 1, 512),
+                                ("llama-13b", "fake", "bf16", 1, 512), ("llama-1b", "fake", "bf16", 8, 256)]
+_CI_MODELS = [("llama-60m", "fake", "bf16", 1, 32)]
+
+
+def grid(name: str, methods=ALL_METHODS) -> list[ValidateConfig]:
+    models = {"small": _SMALL_MODELS, "full": _FULL_MODELS, "ci": _CI_MODELS}.get(name)
+    if models is None:
+        raise ValueError(f"Unknown grid {name!r}; expected 'small' or 'full'")
+    out = []
+    for (model, device, prec, b, s), method, lw, ckpt in itertools.product(
+            models, methods, (False, True), (False, True)):
+        out.append(ValidateConfig(model=model, method=method, rank=RANKS[model], precision=prec, batch_size=b,
+                                  seq_len=s, layerwise=lw, checkpointing=ckpt, device=device))
+    return out
+
+
+def run_grid(configs, progress=None, on_result=None):
+    """Validate every config; a config that raises is recorded as a failure."""
+    results = []
+    for cfg in configs:
+        try:
+            v = validate(cfg).to_dict()
+        except Exception as e:  # keep going: one broken point must not hide the others
+            v = {"config": _cfg_dict(cfg), "passed": False, "failures": [f"{type(e).__name__}: {e}"],
+                 "error": None, "estimate": None, "measured": None, "seconds": 0}
+        results.append(v)
+        if on_result is not None:
+            on_result(v)
+        if progress is not None:
+            progress(1)
+    return results
+
+
+def _cfg_dict(cfg):
+    from dataclasses import asdict
+    d = asdict(cfg)
+    d["target_modules"] = list(d["target_modules"]) if d["target_modules"] else None
+    return d
+
+
+def summarize(results) -> list[dict]:
+    """Per method: worst and median |relative error| per category and of the peak, pass count."""
+    rows = []
+    by_method: dict[str, list] = {}
+    for r in results:
+        by_method.setdefault(r["config"]["method"], []).append(r)
+    for method, rs in by_method.items():
+        ok = [r for r in rs if r["error"]]
+        row = {"method": method, "points": len(rs), "passed": sum(r["passed"] for r in rs)}
+        for c in (*EXACT, "activations", "temporaries"):
+            errs = [abs(r["error"]["categories"][c]["bytes"]) for r in ok] if c in EXACT else \
+                [abs(r["error"]["categories"][c]["relative"]) for r in ok]
+            row[c] = (max(errs), statistics.median(errs)) if errs else (None, None)
+        peaks = [abs(r["error"]["peak"]["relative"]) for r in ok]
+        row["peak"] = (max(peaks), statistics.median(peaks)) if peaks else (None, None)
+        row["phase_match"] = sum(r["error"]["peak_phase_match"] for r in ok)
+        rows.append(row)
+    return rows
+
+
+__all__ = ["grid", "run_grid", "summarize", "ALL_METHODS", "RANKS", "replace"]
