@@ -7,6 +7,8 @@ comparison, the sweeps and the validation report.
 """
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 
 from memplan import CATEGORIES
@@ -51,9 +53,12 @@ def gib(n_bytes) -> float:
 
 
 def _layout(fig: go.Figure, *, title: str, height: int = 460, **axes) -> go.Figure:
+    """Title, size, legend below, and the shapes and notes of the figure, in one (fast) layout update.
+
+    No plotly template: Streamlit's theme styles the charts (and a template costs ~40 ms per figure).
+    """
     fig.update_layout(
         title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 17}},
-        template="plotly_white",
         height=height,
         font={"size": 13},
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
@@ -65,16 +70,31 @@ def _layout(fig: go.Figure, *, title: str, height: int = 460, **axes) -> go.Figu
     return fig
 
 
-def _capacity_line(fig: go.Figure, capacity_bytes: int, label: str, *, horizontal_bars: bool = False,
+def _rule(axis: str, value: float, color: str, dash: str = "dash", width: float = 2) -> dict:
+    """A line across the plot at y = value (axis "y") or x = value (axis "x"), as a layout shape.
+
+    Shapes go in with the layout: `fig.add_hline` validates each one and costs ~30 ms.
+    """
+    line = {"color": color, "dash": dash, "width": width}
+    if axis == "y":
+        return {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": value, "y1": value, "line": line}
+    return {"type": "line", "yref": "paper", "y0": 0, "y1": 1, "x0": value, "x1": value, "line": line}
+
+
+def _note(text: str, color: str = CAPACITY_COLOR, **where) -> dict:
+    return {"text": text, "showarrow": False, "bgcolor": "rgba(255,255,255,0.85)",
+            "font": {"size": 12, "color": color}, **where}
+
+
+def _capacity_line(shapes: list, notes: list, capacity_bytes: int, label: str, *, horizontal_bars: bool = False,
                    color: str = CAPACITY_COLOR, dash: str = "dash") -> None:
     text = f"{label}: {gib(capacity_bytes):.1f} GiB"
-    note = {"bgcolor": "rgba(255,255,255,0.85)", "font": {"size": 12, "color": color}}
     if horizontal_bars:
-        fig.add_vline(x=gib(capacity_bytes), line={"color": color, "dash": dash, "width": 2},
-                      annotation_text=text, annotation_position="top right", annotation=note)
+        shapes.append(_rule("x", gib(capacity_bytes), color, dash))
+        notes.append(_note(text, color, x=gib(capacity_bytes), y=1, yref="paper", xanchor="left", yanchor="bottom"))
     else:
-        fig.add_hline(y=gib(capacity_bytes), line={"color": color, "dash": dash, "width": 2},
-                      annotation_text=text, annotation_position="top left", annotation=note)
+        shapes.append(_rule("y", gib(capacity_bytes), color, dash))
+        notes.append(_note(text, color, x=0, xref="paper", y=gib(capacity_bytes), xanchor="left", yanchor="bottom"))
 
 
 def _fmt_size(n: int) -> str:
@@ -91,13 +111,10 @@ def _log_axis(title: str, values) -> dict:
     return {"title": title, "type": "log", "tickvals": vals, "ticktext": [_fmt_size(v) for v in vals]}
 
 
-def _mark_x(fig: go.Figure, x: int, text: str, color: str = FIT_COLOR) -> None:
-    """A dotted vertical marker on a log x axis (the note's x is in log10 units there)."""
-    import math
-
-    fig.add_vline(x=x, line={"color": color, "width": 2, "dash": "dot"})
-    fig.add_annotation(x=math.log10(x), y=1.0, yref="paper", text=text, showarrow=False, xanchor="left",
-                       yanchor="top", xshift=4, bgcolor="rgba(255,255,255,0.85)", font={"size": 12, "color": color})
+def _mark_x(shapes: list, notes: list, x: int, text: str, color: str = FIT_COLOR) -> None:
+    """A dotted vertical marker on a log x axis (a note's x is in log10 units there, a shape's is not)."""
+    shapes.append(_rule("x", x, color, "dot"))
+    notes.append(_note(text, color, x=math.log10(x), y=1.0, yref="paper", xanchor="left", yanchor="top", xshift=4))
 
 
 def _category_trace(cat: str, x, y, *, orientation: str = "v", show_legend: bool = True) -> go.Bar:
@@ -120,15 +137,15 @@ def phase_bars(phases: dict, overhead: int, peak_phase: str, capacity_bytes: int
         ys = [overhead if cat == "overhead" else phases[p].get(cat, 0) for p in phases]
         fig.add_trace(_category_trace(cat, names, ys))
     totals = {p: sum(v.values()) + overhead for p, v in phases.items()}
-    fig.add_annotation(x=PHASE_LABELS[peak_phase], y=gib(totals[peak_phase]), yshift=12, showarrow=False,
-                       text=f"<b>peak: {gib(totals[peak_phase]):.2f} GiB</b>", font={"size": 14})
+    shapes, notes = [], [{"x": PHASE_LABELS[peak_phase], "y": gib(totals[peak_phase]), "yshift": 12,
+                          "showarrow": False, "text": f"<b>peak: {gib(totals[peak_phase]):.2f} GiB</b>",
+                          "font": {"size": 14}}]
     top = max(totals.values())
     if capacity_bytes is not None:
-        _capacity_line(fig, capacity_bytes, gpu_label)
+        _capacity_line(shapes, notes, capacity_bytes, gpu_label)
         top = max(top, capacity_bytes)
-    fig.update_layout(barmode="stack", bargap=0.35)
     return _layout(fig, title="Memory per phase of one training step", yaxis_title=GIB_AXIS,
-                   yaxis_range=[0, gib(top) * 1.12], xaxis_title="Phase")
+                   yaxis_range=[0, gib(top) * 1.12], barmode="stack", bargap=0.35, shapes=shapes, annotations=notes)
 
 
 def method_bars(rows: list[dict], capacity_bytes: int | None = None, gpu_label: str = "GPU capacity",
@@ -141,18 +158,21 @@ def method_bars(rows: list[dict], capacity_bytes: int | None = None, gpu_label: 
     fig = go.Figure()
     for cat in CATEGORIES:
         fig.add_trace(_category_trace(cat, [r["breakdown"].get(cat, 0) for r in rows], labels, orientation="h"))
+    shapes, notes = [], []
     for label, r in zip(labels, rows):
         saving = "" if r["method"] == "adamw" else f"  ({-r['saved_vs_adamw_pct']:+.0f}% vs AdamW)"
-        fig.add_annotation(x=gib(r["device_total_bytes"]), y=label, text=f"{gib(r['device_total_bytes']):.1f} GiB{saving}",
-                           showarrow=False, xanchor="left", xshift=6, font={"size": 12})
+        total = gib(r["device_total_bytes"])
+        notes.append({"x": total, "y": label, "text": f"{total:.1f} GiB{saving}", "showarrow": False,
+                      "xanchor": "left", "xshift": 6, "font": {"size": 12}})
     top = max((r["device_total_bytes"] for r in rows), default=0)
     if capacity_bytes is not None:
-        _capacity_line(fig, capacity_bytes, gpu_label, horizontal_bars=True)
+        _capacity_line(shapes, notes, capacity_bytes, gpu_label, horizontal_bars=True)
         top = max(top, capacity_bytes)
-    fig.update_layout(barmode="stack", bargap=0.3)
     return _layout(fig, title="Peak memory by method (device total, smallest first)",
-                   height=max(380, 44 * len(rows) + 170), xaxis_title=GIB_AXIS,
-                   xaxis_range=[0, gib(top) * 1.3], yaxis={"autorange": "reversed", "title": ""})
+                   barmode="stack", bargap=0.3, shapes=shapes, annotations=notes,
+                   height=max(380, 44 * len(rows) + 170),
+                   xaxis={"range": [0, gib(top) * 1.3], "ticksuffix": " GiB", "title": ""},
+                   yaxis={"autorange": "reversed", "title": ""})
 
 
 def rank_lines(points: dict[str, list[tuple[int, int]]], capacities: dict[str, int],
@@ -177,13 +197,14 @@ def rank_lines(points: dict[str, list[tuple[int, int]]], capacities: dict[str, i
             x=[r], y=[gib(b)], mode="markers", showlegend=False, name=f"{method}: largest rank that fits",
             marker={"symbol": "star", "size": 17, "color": color, "line": {"color": "white", "width": 1}},
             hovertemplate=f"{method}: largest rank that fits = %{{x}} (%{{y:.2f}} GiB)<extra></extra>"))
+    shapes, notes = [], []
     for i, (label, cap) in enumerate(capacities.items()):
-        _capacity_line(fig, cap, label, dash=("dash", "dot", "dashdot", "longdash")[i % 4])
+        _capacity_line(shapes, notes, cap, label, dash=("dash", "dot", "dashdot", "longdash")[i % 4])
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="★ largest rank that fits",
                              marker={"symbol": "star", "size": 13, "color": CAPACITY_COLOR}))
     ranks = [r for pts in points.values() for r, _ in pts]
     return _layout(fig, title="Peak memory against rank", xaxis=_log_axis("Rank r", ranks),
-                   yaxis_title=GIB_AXIS, yaxis_rangemode="tozero")
+                   yaxis_title=GIB_AXIS, yaxis_rangemode="tozero", shapes=shapes, annotations=notes)
 
 
 def sweep_area(xs: list[int], breakdowns: list[dict], x_title: str, capacity_bytes: int | None = None,
@@ -194,13 +215,23 @@ def sweep_area(xs: list[int], breakdowns: list[dict], x_title: str, capacity_byt
         fig.add_trace(go.Scatter(
             x=xs, y=[gib(b.get(cat, 0)) for b in breakdowns], name=CATEGORY_LABELS[cat], stackgroup="one",
             mode="lines", line={"width": 0.5, "color": CATEGORY_COLORS[cat]}, fillcolor=CATEGORY_COLORS[cat],
-            legendgroup=cat, hovertemplate=f"{CATEGORY_LABELS[cat]}: %{{y:.2f}} GiB<extra></extra>"))
+            legendgroup=cat, showlegend=False,
+            hovertemplate=f"{CATEGORY_LABELS[cat]}: %{{y:.2f}} GiB<extra></extra>"))
+    shapes, notes = [], []
     if capacity_bytes is not None:
-        _capacity_line(fig, capacity_bytes, gpu_label)
+        _capacity_line(shapes, notes, capacity_bytes, gpu_label)
     if largest is not None:
-        _mark_x(fig, largest, f"largest that fits: {largest:,}")
+        _mark_x(shapes, notes, largest, f"largest that fits: {largest:,}")
     return _layout(fig, title=f"Against {x_title.lower()}", height=440, xaxis=_log_axis(x_title, xs),
-                   yaxis_title=GIB_AXIS, yaxis_rangemode="tozero")
+                   yaxis_title=GIB_AXIS, yaxis_rangemode="tozero", shapes=shapes, annotations=notes)
+
+
+def legend_html(categories=CATEGORIES) -> str:
+    """The category legend as one line of HTML chips, for charts drawn without their own legend."""
+    chips = (f'<span style="white-space:nowrap;margin-right:1.1em"><span style="display:inline-block;width:.8em;'
+             f'height:.8em;background:{CATEGORY_COLORS[c]};margin-right:.35em;vertical-align:-.05em"></span>'
+             f"{CATEGORY_LABELS[c]}</span>" for c in categories)
+    return f'<div style="font-size:.85rem;line-height:1.9">{"".join(chips)}</div>'
 
 
 def hardware_bars(rows: list[dict]) -> go.Figure:
@@ -215,9 +246,8 @@ def hardware_bars(rows: list[dict]) -> go.Figure:
                          name="Needed per GPU (fits)", width=0.45,
                          marker_color=[FIT_COLOR if r["fits"] else NOFIT_COLOR for r in rows],
                          hovertemplate="needed %{x:.2f} GiB<extra></extra>"))
-    fig.update_layout(barmode="overlay")
-    return _layout(fig, title="Memory needed per GPU against capacity, cheapest first",
-                   height=max(360, 30 * len(rows) + 160), xaxis_title=GIB_AXIS,
+    return _layout(fig, barmode="overlay", title="Memory needed per GPU against capacity, cheapest first",
+                   height=max(360, 34 * len(rows) + 160), xaxis={"ticksuffix": " GiB", "title": ""},
                    yaxis={"autorange": "reversed", "title": ""})
 
 
@@ -233,8 +263,7 @@ def validation_bars(estimated: dict[str, int], measured: dict[str, int], title: 
                          marker={"color": [CATEGORY_COLORS[c] for c in cats], "pattern": {"shape": "/"},
                                  "opacity": 0.65},
                          hovertemplate="measured %{y:.3f} GiB<extra></extra>"))
-    fig.update_layout(barmode="group")
-    return _layout(fig, title=title, yaxis_title=GIB_AXIS, height=420)
+    return _layout(fig, barmode="group", title=title, yaxis_title=GIB_AXIS, height=420)
 
 
 def error_bars(labels: list[str], errors_pct: list[float], title: str, tolerance_pct: float = 3.0) -> go.Figure:
@@ -245,12 +274,14 @@ def error_bars(labels: list[str], errors_pct: list[float], title: str, tolerance
     fig = go.Figure(go.Bar(x=labels, y=errors_pct, name="error",
                            marker_color=[FIT_COLOR if abs(e) <= tolerance_pct else NOFIT_COLOR for e in errors_pct],
                            hovertemplate="%{x}: %{y:+.2f}%<extra></extra>"))
-    fig.add_hrect(y0=-tolerance_pct, y1=tolerance_pct, fillcolor=FIT_COLOR, opacity=0.08, line_width=0,
-                  annotation_text=f"±{tolerance_pct:g}%", annotation_position="top left")
-    fig.add_hline(y=0, line={"color": CAPACITY_COLOR, "width": 1})
+    band = {"type": "rect", "xref": "paper", "x0": 0, "x1": 1, "y0": -tolerance_pct, "y1": tolerance_pct,
+            "fillcolor": FIT_COLOR, "opacity": 0.08, "line": {"width": 0}, "layer": "below"}
+    notes = [_note(f"tolerance ±{tolerance_pct:g}%", FIT_COLOR, x=0, xref="paper", y=tolerance_pct,
+                   xanchor="left", yanchor="bottom")]
     top = max([abs(e) for e in errors_pct] + [tolerance_pct]) * 1.25
     return _layout(fig, title=title, yaxis_title="(estimated − measured) / measured (%)", height=420,
-                   showlegend=False, yaxis_range=[-top, top])
+                   showlegend=False, yaxis_range=[-top, top], shapes=[band, _rule("y", 0, CAPACITY_COLOR, "solid", 1)],
+                   annotations=notes)
 
 
 def category_bar(breakdown: dict[str, int], title: str) -> go.Figure:
@@ -259,5 +290,4 @@ def category_bar(breakdown: dict[str, int], title: str) -> go.Figure:
     for cat in CATEGORIES:
         if breakdown.get(cat):
             fig.add_trace(_category_trace(cat, [breakdown[cat]], [""], orientation="h"))
-    fig.update_layout(barmode="stack")
-    return _layout(fig, title=title, height=260, xaxis_title=GIB_AXIS)
+    return _layout(fig, barmode="stack", title=title, height=260, xaxis_title=GIB_AXIS)

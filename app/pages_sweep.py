@@ -66,6 +66,9 @@ def axis_section(run, axis: str, values: tuple[int, ...], title: str, col) -> No
         values = (*values, values[-1] * 2)
     xs, bds = state.shown(data.axis_sweep, run.model, run.method, opts, axis, values)
     cap = capacity_bytes(run.gpu_profile)
+    over = [i for i, b in enumerate(bds) if sum(b.values()) > 2 * cap]
+    if over and over[0] >= 3:  # stop a little past twice the capacity, so the fitting range stays readable
+        xs, bds = xs[: over[0] + 1], bds[: over[0] + 1]
     with col:
         st.plotly_chart(charts.sweep_area(xs, bds, title, cap, f"{_short(run.gpu)} capacity", best or None),
                         width="stretch")
@@ -85,6 +88,7 @@ def render() -> None:
                "Memory is the device total at the peak phase (GiB = 2³⁰ bytes).")
     rank_section(run)
     st.markdown(f"### Memory against batch size and sequence length · {run.method}")
+    st.markdown(charts.legend_html(), unsafe_allow_html=True)
     c1, c2 = st.columns(2)
     axis_section(run, "batch_size", data.BATCH_SIZES, "Batch size", c1)
     axis_section(run, "seq_len", data.SEQ_LENS, "Sequence length", c2)

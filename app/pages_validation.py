@@ -63,16 +63,14 @@ def report_section() -> None:
     c[1].metric("Passed", f"{sum(verdicts)} of {len(verdicts)}" if verdicts else "n/a")
     c[2].metric("Mean |peak error|", f"{sum(abs(e) for e in errs) / len(errs):.2f}%")
     c[3].metric("Worst |peak error|", f"{abs(errs[worst]):.2f}%", help=points[worst].label)
-    left, right = st.columns(2)
-    with left:
-        label = st.selectbox("Point", [p.label for p in points], key="val_point")
-        p = next(q for q in points if q.label == label)
-        st.plotly_chart(charts.validation_bars({c: p.estimated[c] for c in p.categories},
-                                               {c: p.measured[c] for c in p.categories},
-                                               f"Estimated against measured, per category"), width="stretch")
-    with right:
-        st.plotly_chart(charts.error_bars([q.label for q in points], errs, "Error of the peak, per point"),
-                        width="stretch")
+    label = st.selectbox("Point", [p.label for p in points], key="val_point")
+    p = next(q for q in points if q.label == label)
+    st.plotly_chart(charts.validation_bars({c: p.estimated[c] for c in p.categories},
+                                           {c: p.measured[c] for c in p.categories},
+                                           f"{p.label}: estimated against measured, per category"),
+                    width="stretch")
+    st.plotly_chart(charts.error_bars([q.label for q in points], errs, "Error of the peak, per point"),
+                    width="stretch")
     df = summary_table(points)
     st.dataframe(df, hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.columns if "(" in c})
@@ -95,7 +93,8 @@ def snapshot_section() -> None:
         breakdown = load(up.getvalue())
         breakdown = {c: int(breakdown.get(c, 0)) for c in CATEGORIES}
     except Exception as e:  # an untrusted upload: any failure is a message, never a traceback
-        st.error(f"Could not read '{up.name}' as a CUDA memory snapshot: {str(e).splitlines()[0] if str(e) else type(e).__name__}.")
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        st.error(f"Could not read '{up.name}' as a CUDA memory snapshot: {why}.")
         return
     st.plotly_chart(charts.category_bar(breakdown, f"{up.name}: {sum(breakdown.values()) / GiB:.2f} GiB"),
                     width="stretch")
