@@ -19,26 +19,49 @@ from memplan.profiles import ModelProfile
 
 @dataclass(frozen=True)
 class Activations:
-    block: int  # bytes one block saves for backward
+    """Activation terms of one micro-batch, in bytes (checked against memplan/measure/)."""
+
+    block: int  # bytes one block saves for backward (everything trainable)
     block_input: int  # bytes of one block's input (what checkpointing keeps per block)
-    outside: int  # saved outside the blocks: embedding ids, final norm, head input
-    logits: int  # the logits tensor (alive from the head to the end of backward)
+    outside: int  # saved outside the blocks: final norm, RoPE cos/sin, shifted labels, loss scalars
+    inputs: int  # the batch the training loop holds: input_ids and labels (int64)
+    logits: int  # the head's output (compute dtype): freed when the forward returns the loss
     loss_saved: int  # what the loss saves for backward (fp32 log-softmax output)
-    loss_fwd_transient: int  # alive only while the loss is computed (fp32 upcast of the logits)
-    loss_bwd_transient: int  # gradients of the loss w.r.t. the logits, during the head's backward
+    loss_fwd_transient: int  # alive only while the loss is computed: the logits and their fp32 upcast
+    grad_logits: int  # the loss gradient w.r.t. the logits in the compute dtype (the head's backward reads it)
+    head_input_grad: int  # gradient of the head's input (t x h, compute dtype)
+    frozen_norm_saving: int  # what one norm + its consumers stop saving when weights are frozen (adapters)
+    first_norm_input: int  # the first block's norm saves its fp32 input only if the input needs a gradient
     n_blocks: int
 
-    def saved(self, checkpointing: bool) -> int:
-        """Everything saved for backward at the end of the forward pass."""
+    def saved(self, checkpointing: bool, frozen_outside: bool = False) -> int:
+        """Everything held for backward at the end of the forward pass.
+
+        ``frozen_outside``: embeddings, norms and head frozen (LoRA fine-tuning):
+        the norms keep no normalized copy, the head keeps no input, and the first
+        norm keeps nothing (its input needs no gradient).
+        """
         per_block = self.block_input if checkpointing else self.block
-        return self.n_blocks * per_block + self.outside + self.logits + self.loss_saved
+        total = self.n_blocks * per_block + self.outside + self.inputs + self.loss_saved
+        if frozen_outside:
+            blocks_norms = 0 if checkpointing else 2 * self.n_blocks
+            total -= (blocks_norms + 1) * self.frozen_norm_saving + self.head_input_saving
+            if not checkpointing:
+                total -= self.first_norm_input
+        return total
+
+    @property
+    def head_input_saving(self) -> int:
+        return self.head_input_grad  # the final norm's output (t x h), saved by a trainable head only
 
 
 def _norm_saved(t: int, h: int, c: int, x: int, rms: bool) -> int:
     if rms:
-        # RMSNorm with fp32 upcast: the fp32 input (4th; it is the input itself when x == 4),
-        # rsqrt of the variance (4t), the normalized value cast back to compute dtype (c*th,
-        # saved by the weight multiply). Its output (c*th) is counted by the linear that reads it.
+        # RMSNorm with fp32 upcast (LlamaRMSNorm): the fp32 input (4th: the upcast copy, or the
+        # fp32 input itself when the stream is fp32), saved by pow and by the multiply; rsqrt of
+        # the variance (4t); the normalized value cast back to compute dtype (c*th, saved by the
+        # weight multiply when the weight is trainable). The output (c*th) is counted by the
+        # linears that read it.
         return 4 * t * h + 4 * t + c * t * h
     # LayerNorm: input (c*th), mean and rstd (2 x 4t)
     return c * t * h + 8 * t
@@ -50,9 +73,8 @@ def _llama_block(p: ModelProfile, t: int, c: int, x: int, rank_extra: int) -> in
     attn = (
         c * t * h  # q after RoPE (saved by SDPA)
         + 2 * c * t * kv  # k after RoPE and v (saved by SDPA; GQA keeps kv heads only)
-        + c * t * h  # SDPA output
+        + c * t * h  # SDPA output, (b, s, nh, hs) in memory: o_proj reads it as a view, no copy
         + 4 * t * nh  # SDPA logsumexp, fp32, one per head and token (flash / memory-efficient kernels)
-        + c * t * h  # o_proj input: the attention output transposed to (b, s, h), a contiguous copy
     )
     mlp = 4 * c * t * i  # gate out (saved by SiLU), SiLU out and up out (saved by the product), product (down_proj input)
     return norms + attn + mlp + rank_extra
@@ -89,17 +111,18 @@ def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_r
     block = _BLOCKS[p.family](p, t, c, x, rank_extra)
     rms = p.family == "llama"
     outside = (
-        8 * t  # int64 token ids saved by the embedding
-        + _norm_saved(t, h, c, x, rms) + c * t * h  # final norm and its output, the head's input
+        _norm_saved(t, h, c, x, rms) + c * t * h  # final norm and its output, the head's input
+        + 8 * t  # the shifted labels (int64 copy) saved by the loss
+        + 8  # the loss and the loss's total weight (fp32 scalars)
     )
+    if p.family == "llama":
+        outside += 2 * c * seq * p.head_dim  # RoPE cos and sin (1, seq, hs), shared by all blocks
+    inputs = 2 * 8 * t  # input_ids and labels (int64), held by the training loop
     logits = c * t * V
-    if c == 4:  # fp32: no upcast for the loss
-        fwd_transient = 0
-    else:
-        fwd_transient = 4 * t * V  # logits.float() for the cross-entropy, freed once log_softmax has run
+    # while the loss runs: the logits and, in bf16 / mixed, their fp32 upcast (log_softmax's output is saved)
+    fwd_transient = logits + (4 * t * V if c != 4 else 0)
     loss_saved = 4 * t * V  # log_softmax output (fp32)
-    # backward of the loss: grad of the log-softmax output and of its input (fp32), then the
-    # compute-dtype gradient of the logits that the head's backward reads
-    bwd_transient = 2 * 4 * t * V + (c * t * V if c != 4 else 0)
-    return Activations(block, x * t * h, outside, logits, loss_saved, fwd_transient, bwd_transient,
-                       p.num_hidden_layers)
+    first_norm = 4 * t * h + 4 * t if rms else 0
+    frozen_norm = c * t * h if rms else 0
+    return Activations(block, x * t * h, outside, inputs, logits, loss_saved, fwd_transient, logits,
+                       c * t * h, frozen_norm, first_norm, p.num_hidden_layers)

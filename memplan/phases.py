@@ -59,24 +59,41 @@ def _total(phase: dict[str, int]) -> int:
 
 
 def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
-    saved = a.saved(t.checkpointing)
-    forward = _phase(t, 0, saved, a.loss_fwd_transient)
+    # the head is frozen only for adapters trained without their non-target parameters
+    # (LoRA fine-tuning); then embeddings and norms are frozen too
+    frozen = t.first_gradient == 0
+    saved = a.saved(t.checkpointing, frozen_outside=frozen)
+    after_loss = saved - a.loss_saved  # the loss's backward released the log-softmax output
+    forward = _phase(t, 0, saved, a.loss_fwd_transient)  # while the loss runs
 
-    # backward starts with the head: everything saved, the loss gradients, the head's gradient
-    candidates = [_phase(t, t.first_gradient, saved, a.loss_bwd_transient)]
-    if t.checkpointing:  # the last block recomputed once the head's backward freed the logits
-        candidates.append(_phase(t, t.first_gradient, saved - a.logits - a.loss_saved + a.block, 0))
+    # the loss's backward: nll's gradient and log_softmax's input gradient (fp32, t x V each)
+    candidates = [_phase(t, 0, saved, 2 * a.loss_saved)]
+    if a.grad_logits != a.loss_saved:  # bf16 / mixed: the fp32 gradient cast to the compute dtype
+        candidates.append(_phase(t, 0, after_loss, a.loss_saved + a.grad_logits))
+    # the head's backward: the logits' gradient, the head's weight gradient and input gradient
+    head_in = a.head_input_grad
+    candidates.append(_phase(t, t.first_gradient, after_loss, a.grad_logits + head_in))
+    if t.checkpointing:  # the last block recomputed while the head's input gradient flows in
+        grads = 0 if t.layerwise else t.first_gradient
+        candidates.append(_phase(t, grads, after_loss + a.block, head_in))
     if t.layerwise:
-        # per-layer update: the head is stepped as soon as its gradient is complete (the logits and
-        # the loss are freed by then); later gradients are consumed one at a time, each alive only
-        # until its own step, while the activations shrink
+        # per-layer update: the head is stepped as soon as its gradient is complete; later
+        # gradients are consumed one at a time while the activations shrink
         if t.first_gradient:
-            candidates.append(_phase(t, t.first_gradient, saved - a.logits - a.loss_saved, t.first_step_temp))
-    else:  # end of backward: every gradient, no activations
-        candidates.append(_phase(t, t.gradients, 0, 0))
+            candidates.append(_phase(t, t.first_gradient, after_loss, head_in + t.first_step_temp))
+    else:  # end of backward: every gradient; only the batch is left of the activations
+        candidates.append(_phase(t, t.gradients, a.inputs, 0))
     backward = max(candidates, key=_total)
+    if t.layerwise and backward["gradients"] < t.largest_gradient:
+        # the largest gradient is alive at some point (for the exact gradient count); its
+        # moment is later in backward, when less is alive than at the phase's peak
+        backward = {**backward, "gradients": t.largest_gradient,
+                    "activations": max(0, backward["activations"] - t.largest_gradient)}
 
-    step = _phase(t, 0, 0, 0) if t.layerwise else _phase(t, t.gradients, 0, t.step_temp)
+    if t.layerwise:
+        step = _phase(t, 0, a.inputs, 0)
+    else:
+        step = _phase(t, t.gradients, a.inputs, t.step_temp)
     stepping = backward if t.layerwise else step  # the phase in which optimizer steps run
     refresh = dict(stepping)
     if t.refresh_temp is not None:

@@ -26,6 +26,7 @@ class StepMeasurement:
     phases: dict[str, dict[str, int]]
     persistent: dict[str, int]
     cuda: dict[str, dict[str, int]] = field(default_factory=dict)
+    saved: int = 0  # activation bytes alive at the end of the forward (what backward holds on to)
 
     @property
     def peak_phase(self) -> str:
@@ -36,7 +37,7 @@ class StepMeasurement:
         return self.phases[self.peak_phase]["total"]
 
     def to_dict(self) -> dict:
-        return {"phases": self.phases, "persistent": self.persistent, "cuda": self.cuda,
+        return {"phases": self.phases, "persistent": self.persistent, "cuda": self.cuda, "saved": self.saved,
                 "peak_phase": self.peak_phase, "peak_bytes": self.peak_bytes}
 
 
@@ -137,6 +138,7 @@ def measure_step(model: torch.nn.Module, optimizer, batch, loss_fn=None, *,
             loss = loss_fn(model, batch)
         # whatever the forward left alive is held for backward
         tracker.promote("temporaries", "activations")
+        saved = tracker.current["activations"]
         phase(b_name)
         loss.backward()
         del loss
@@ -157,7 +159,7 @@ def measure_step(model: torch.nn.Module, optimizer, batch, loss_fn=None, *,
     phases = {name: {c: tracker.peaks.get(name, {}).get(c, 0) for c in (*CATEGORIES, "total")}
               for name in phase_names}
     return StepMeasurement(phases=phases, persistent=persistent,
-                           cuda=cuda.phases if cuda is not None else {})
+                           cuda=cuda.phases if cuda is not None else {}, saved=saved)
 
 
 def _is_fake(t) -> bool:

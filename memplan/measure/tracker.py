@@ -144,8 +144,14 @@ class MemoryTracker(TorchDispatchMode):
                 self.track(p.grad, "gradients")
             if p.requires_grad:
                 h = p.register_post_accumulate_grad_hook(self._grad_hook)
-                # run before the hooks already there (a layer-wise optimizer's step)
-                p._post_accumulate_grad_hooks.move_to_end(h.id, last=False)
+                # run before the hooks already there (a layer-wise optimizer's step). The
+                # engine walks the underlying dict in insertion order, so re-insert the rest
+                hooks = p._post_accumulate_grad_hooks
+                rest = [(k, v) for k, v in hooks.items() if k != h.id]
+                mine = hooks[h.id]
+                hooks.clear()
+                hooks[h.id] = mine
+                hooks.update(rest)
                 self._hooks.append(h)
         for b in model.buffers():
             self.track(b, "overhead", reclassify=False)

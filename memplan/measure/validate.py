@@ -159,7 +159,7 @@ def _measure(cfg: ValidateConfig, progress) -> dict:
     phases["refresh_step"] = dict(refresh.phases[stepping])
     persistent = dict(normal.persistent)
     persistent["gradients"] = max(normal.persistent["gradients"], refresh.persistent["gradients"])
-    out = {"phases": phases, "persistent": persistent}
+    out = {"phases": phases, "persistent": persistent, "saved_activations": normal.saved}
     if normal.cuda:
         out["cuda"] = _cuda_summary(normal, refresh, stepping)
     return out
@@ -206,7 +206,8 @@ def summarize_measured(m: dict) -> dict:
     peak = _peak_phase(phases)
     cats = {c: phases[peak].get(c, 0) for c in CATEGORIES}
     cats.update(m["persistent"])
-    out = {"phases": phases, "peak_phase": peak, "peak_bytes": phases[peak]["total"], "categories": cats}
+    out = {"phases": phases, "peak_phase": peak, "peak_bytes": phases[peak]["total"], "categories": cats,
+           "saved_activations": m.get("saved_activations", 0)}
     if "cuda" in m:
         out["cuda"] = m["cuda"]
     return out
