@@ -10,6 +10,16 @@ import torch
 from memplan.optim import (SUMO, Adafactor, AdamW8bit, GaLoreAdamW, GaLoreAdamW8bit, GoLoreAdamW, GoLoreSGD,
                            GradNormLoRP, GradNormLoRP8bit)
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one intra-op thread avoids thread-pool stalls on a shared 2-core CI box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PROJECTED = {
     "GaLoreAdamW": lambda g: GaLoreAdamW(g, lr=1e-2, weight_decay=0.01),
     "GaLoreAdamW8bit": lambda g: GaLoreAdamW8bit(g, lr=1e-2, weight_decay=0.01),

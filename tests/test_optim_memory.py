@@ -11,6 +11,17 @@ from memplan.profiles import model_from_config
 
 METHODS = ["adamw", "sgd", "adafactor", "adam8bit", "galore", "galore8bit", "golore", "sumo", "gradnormlorp",
            "gradnormlorp8bit"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one intra-op thread avoids thread-pool stalls on a shared 2-core CI box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 # a small GQA decoder (4 query heads share 2 kv heads): k/v projections are 64 x 256, so the left
