@@ -120,10 +120,13 @@ def _loss(model, batch):
 
 
 # --------------------------------------------------------------------------- measure
-def measure_config(cfg: ValidateConfig, progress=None) -> dict:
-    """Measured phases and exact category totals of ``cfg`` (see the module doc)."""
+def measure_config(cfg: ValidateConfig, progress=None, snapshot=None) -> dict:
+    """Measured phases and exact category totals of ``cfg`` (see the module doc).
+
+    ``snapshot``: a file to write the CUDA memory snapshot to (``--device cuda``).
+    """
     fake = cfg.device == "fake"
-    if cfg.device == "cuda" and not torch.cuda.is_available():
+    if cfg.device == "cuda" and not torch.cuda.is_available():  # checked before anything is built
         raise RuntimeError("--device cuda needs a CUDA GPU; none is visible. Use --device cpu or --device fake.")
     import memplan.models  # noqa: F401  (import outside the fake mode: module-level tensors stay real)
     import memplan.optim  # noqa: F401
@@ -133,7 +136,10 @@ def measure_config(cfg: ValidateConfig, progress=None) -> dict:
     if cfg.device == "cpu":
         torch.set_num_threads(1)
     try:
-        with mode:
+        if snapshot is not None and cfg.device != "cuda":
+            raise ValueError("--snapshot needs --device cuda (the snapshot is the CUDA allocator's history)")
+        from memplan.measure.snapshot import record
+        with mode, record(snapshot if cfg.device == "cuda" else None):
             return _measure(cfg, progress)
     finally:
         torch.set_num_threads(threads)
@@ -254,12 +260,12 @@ def compare(estimate: dict, measured: dict) -> tuple[dict, list[str]]:
     return err, failures
 
 
-def validate(cfg: ValidateConfig, progress=None) -> Validation:
+def validate(cfg: ValidateConfig, progress=None, snapshot=None) -> Validation:
     """Estimate ``cfg``, measure it, and compare. ``progress(n)`` is called per step."""
     import memplan
     t0 = time.perf_counter()
     est = memplan.estimate(cfg.model, cfg.method, **cfg.estimator_options())
     estimate = summarize_estimate(est)
-    measured = summarize_measured(measure_config(cfg, progress))
+    measured = summarize_measured(measure_config(cfg, progress, snapshot))
     error, failures = compare(estimate, measured)
     return Validation(cfg, estimate, measured, error, not failures, time.perf_counter() - t0, failures)

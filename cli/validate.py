@@ -1,0 +1,171 @@
+"""`memplan validate`: measure real (or fake) training steps against the estimate."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from memplan.cli.common import CONTEXT_SETTINGS, CLIError
+
+CATS = ("parameters", "gradients", "optimizer_states", "projectors", "activations", "temporaries")
+PHASES = ("forward", "backward", "optimizer_step", "refresh_step")
+
+
+def _mib(n) -> str:
+    return f"{n / 2**20:,.1f}"
+
+
+def _pct(x) -> str:
+    return f"{100 * x:+.2f}%"
+
+
+def point_table(v: dict) -> str:
+    from tabulate import tabulate
+    e, m, err = v["estimate"], v["measured"], v["error"]
+    rows = [[c, _mib(e["categories"][c]), _mib(m["categories"][c]), f"{err['categories'][c]['bytes']:+,d}",
+             _pct(err["categories"][c]["relative"])] for c in CATS]
+    rows.append(["peak (" + e["peak_phase"] + " / " + m["peak_phase"] + ")", _mib(e["peak_bytes"]),
+                 _mib(m["peak_bytes"]), f"{err['peak']['bytes']:+,d}", _pct(err["peak"]["relative"])])
+    out = [tabulate(rows, headers=["category", "estimate MiB", "measured MiB", "error bytes", "error"],
+                    disable_numparse=True, colalign=("left", "right", "right", "right", "right"))]
+    prow = [[p, _mib(e["phases"][p]["total"]), _mib(m["phases"][p]["total"]), _pct(err["phases"][p])]
+            for p in PHASES]
+    out.append(tabulate(prow, headers=["phase", "estimate MiB", "measured MiB", "error"], disable_numparse=True,
+                        colalign=("left", "right", "right", "right")))
+    if "cuda" in m:
+        c = m["cuda"]
+        out.append(f"CUDA: max allocated {_mib(c['max_allocated'])} MiB, max reserved {_mib(c['max_reserved'])} MiB"
+                   + (f", NVML used {_mib(c['nvml_used'])} MiB" if "nvml_used" in c else "")
+                   + f"; estimated device total {_mib(e['device_total_bytes'])} MiB")
+    verdict = "PASS" if v["passed"] else "FAIL: " + "; ".join(v["failures"])
+    out.append(f"{verdict}  ({v['seconds']:.1f} s)")
+    return "\n\n".join(out)
+
+
+def summary_table(rows) -> str:
+    from tabulate import tabulate
+    table = []
+    for r in rows:
+        def fmt(pair, rel):
+            if pair[0] is None:
+                return "-"
+            return f"{100 * pair[0]:.2f}% / {100 * pair[1]:.2f}%" if rel else f"{pair[0]:,} / {pair[1]:,}"
+        table.append([r["method"], f"{r['passed']}/{r['points']}", fmt(r["parameters"], False),
+                      fmt(r["gradients"], False), fmt(r["optimizer_states"], False), fmt(r["projectors"], False),
+                      fmt(r["activations"], True), fmt(r["temporaries"], True), fmt(r["peak"], True),
+                      f"{r['phase_match']}/{r['points']}"])
+    return tabulate(table, headers=["method", "passed", "params B", "grads B", "states B", "proj B",
+                                    "activations", "temporaries", "peak", "peak phase"], disable_numparse=True)
+
+
+@click.command("validate", context_settings=CONTEXT_SETTINGS)
+@click.option("--model", "-m", default="llama-60m", show_default=True, help="Built-in model profile.")
+@click.option("--method", default="galore", show_default=True, help="Training method (see 'memplan methods').")
+@click.option("--rank", type=int, default=128, show_default=True, help="Projection / adapter rank.")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--seq-len", type=int, default=256, show_default=True)
+@click.option("--precision", type=click.Choice(["bf16", "mixed", "fp32"]), default="bf16", show_default=True)
+@click.option("--layerwise/--no-layerwise", default=False, show_default=True, help="Per-layer weight update.")
+@click.option("--checkpointing/--no-checkpointing", default=False, show_default=True,
+              help="Activation checkpointing per block.")
+@click.option("--device", type=click.Choice(["cpu", "fake", "cuda"]), default="cpu", show_default=True,
+              help="cpu: real tensors; fake: FakeTensorMode (no memory allocated); cuda: the GPU.")
+@click.option("--hf", "with_hf", is_flag=True, help="Also measure transformers' LlamaForCausalLM (random weights).")
+@click.option("--snapshot", type=click.Path(dir_okay=False), default=None,
+              help="With --device cuda: write a CUDA memory snapshot (open it in pytorch.org/memory_viz).")
+@click.option("--grid", type=click.Choice(["small", "full"]), default=None,
+              help="Run a validation grid instead of one point and write a JSON report.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Report path for --grid (default benchmarks/results/validate_<grid>.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {estimate, measured, error} (bytes).")
+def validate(model, method, rank, batch_size, seq_len, precision, layerwise, checkpointing, device, with_hf,
+             snapshot, grid, out, as_json):
+    """Measure training steps of the bundled model and compare with the estimate.
+
+    Runs three steps with the bundled optimizer (a warm-up, an ordinary step and
+    a projection refresh), measures memory by category and phase, and prints
+    estimate, measurement and error side by side. Exit code 1 when a target
+    fails (exact parameters, gradients, optimizer states and projectors; peak
+    within 3% and in the same phase).
+
+    \b
+    Example:
+      memplan validate --model llama-60m --method galore --rank 128 --batch-size 4 --seq-len 256
+      memplan validate --model llama-7b --method galore8bit --rank 1024 --layerwise --device fake
+      memplan validate --grid small
+    """
+    try:
+        from memplan.measure.validate import ValidateConfig
+    except ImportError as e:
+        raise CLIError(f"memplan validate needs torch: pip install 'memplan[torch]' ({e})") from None
+    if grid:
+        return _run_grid(grid, out, as_json)
+    try:
+        cfgs = [ValidateConfig(model=model, method=method, rank=rank, precision=precision, batch_size=batch_size,
+                               seq_len=seq_len, layerwise=layerwise, checkpointing=checkpointing, device=device)]
+        if with_hf:
+            from dataclasses import replace
+            cfgs.append(replace(cfgs[0], implementation="hf"))
+        results = [_run_one(c, snapshot if i == 0 else None, quiet=as_json) for i, c in enumerate(cfgs)]
+    except CLIError:
+        raise
+    except Exception as e:  # library errors: one line, no traceback
+        raise CLIError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    if as_json:
+        body = results[0] if len(results) == 1 else {"bundled": results[0], "hf": results[1]}
+        click.echo(json.dumps(body, indent=2))
+    else:
+        for c, r in zip(cfgs, results):
+            click.echo(f"\n{c.model} {c.method} ({c.implementation} model, {c.device}, {c.precision}, "
+                       f"batch {c.batch_size} x {c.seq_len}, layerwise {c.layerwise}, "
+                       f"checkpointing {c.checkpointing})\n")
+            click.echo(point_table(r))
+    if not all(r["passed"] for r in results):
+        raise SystemExit(1)
+
+
+def _run_one(cfg, snapshot, quiet):
+    from tqdm import tqdm
+
+    from memplan.measure.validate import validate as run
+    with tqdm(total=3, desc=f"{cfg.model} {cfg.method} steps", disable=quiet, leave=False) as bar:
+        return run(cfg, progress=bar.update, snapshot=snapshot).to_dict()
+
+
+def _run_grid(name, out, as_json):
+    from tqdm import tqdm
+
+    from memplan.measure.grid import grid, run_grid, summarize
+    configs = grid(name)
+    t0 = time.perf_counter()
+    with tqdm(total=len(configs), desc=f"grid {name}", disable=as_json) as bar:
+        def show(r):
+            c = r["config"]
+            bar.set_postfix_str(f"{c['model']} {c['method']} {'PASS' if r['passed'] else 'FAIL'}")
+        results = run_grid(configs, progress=bar.update, on_result=show)
+    wall = time.perf_counter() - t0
+    summary = summarize(results)
+    report = {"grid": name, "wall_seconds": round(wall, 1), "points": results,
+              "summary": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()} for r in summary],
+              "passed": sum(r["passed"] for r in results), "total": len(results)}
+    path = Path(out or f"benchmarks/results/validate_{name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    if as_json:
+        click.echo(json.dumps(report["summary"], indent=2))
+    else:
+        click.echo(summary_table(summary))
+        click.echo(f"\n{report['passed']}/{report['total']} points pass; worst / median per column "
+                   f"(exact columns in bytes). Wall time {wall:.0f} s. Report: {path}")
+        for r in results:
+            if not r["passed"]:
+                c = r["config"]
+                click.echo(f"FAIL {c['model']} {c['device']} {c['method']} layerwise={c['layerwise']} "
+                           f"checkpointing={c['checkpointing']}: {'; '.join(r['failures'])}")
+    if report["passed"] != report["total"]:
+        raise SystemExit(1)
+
+
+COMMANDS = [validate]
