@@ -266,22 +266,23 @@ def validation_bars(estimated: dict[str, int], measured: dict[str, int], title: 
     return _layout(fig, barmode="group", title=title, yaxis_title=GIB_AXIS, height=420)
 
 
-def error_bars(labels: list[str], errors_pct: list[float], title: str, tolerance_pct: float = 3.0) -> go.Figure:
-    """Signed relative error per point, in percent of the measured value; the tolerance as a band.
-
-    3%: the peak tolerance of `memplan validate` (memplan.measure.validate.PEAK_TOLERANCE).
-    """
-    fig = go.Figure(go.Bar(x=labels, y=errors_pct, name="error",
-                           marker_color=[FIT_COLOR if abs(e) <= tolerance_pct else NOFIT_COLOR for e in errors_pct],
-                           hovertemplate="%{x}: %{y:+.2f}%<extra></extra>"))
+def error_strip(groups: list[str], labels: list[str], errors_pct: list[float], title: str,
+                tolerance_pct: float = 3.0) -> go.Figure:
+    """Signed relative error of each point (percent of the measured value), one column per group (method),
+    the tolerance as a band. 3%: the peak tolerance of `memplan validate` (memplan.measure.validate)."""
+    fig = go.Figure(go.Scatter(
+        x=groups, y=errors_pct, text=labels, mode="markers", name="points",
+        marker={"size": 11, "line": {"color": "white", "width": 1},
+                "color": [FIT_COLOR if abs(e) <= tolerance_pct else NOFIT_COLOR for e in errors_pct]},
+        hovertemplate="%{text}: %{y:+.2f}%<extra></extra>"))
     band = {"type": "rect", "xref": "paper", "x0": 0, "x1": 1, "y0": -tolerance_pct, "y1": tolerance_pct,
             "fillcolor": FIT_COLOR, "opacity": 0.08, "line": {"width": 0}, "layer": "below"}
     notes = [_note(f"tolerance ±{tolerance_pct:g}%", FIT_COLOR, x=0, xref="paper", y=tolerance_pct,
                    xanchor="left", yanchor="bottom")]
     top = max([abs(e) for e in errors_pct] + [tolerance_pct]) * 1.25
     return _layout(fig, title=title, yaxis_title="(estimated − measured) / measured (%)", height=420,
-                   showlegend=False, yaxis_range=[-top, top], shapes=[band, _rule("y", 0, CAPACITY_COLOR, "solid", 1)],
-                   annotations=notes)
+                   showlegend=False, yaxis_range=[-top, top], xaxis={"type": "category", "title": ""},
+                   shapes=[band, _rule("y", 0, CAPACITY_COLOR, "solid", 1)], annotations=notes)
 
 
 def category_bar(breakdown: dict[str, int], title: str) -> go.Figure:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from memplan import CATEGORIES, MemplanError
+import memplan
+from memplan import MemplanError
 from memplan.app import charts, report
 from memplan.units import GiB
 
@@ -34,7 +35,7 @@ def summary_table(points: list[report.Point]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _load_points() -> tuple[list[report.Point] | None, str]:
+def _load() -> tuple[report.Report | None, str]:
     up = st.file_uploader("Validation report (JSON from `memplan validate --grid ...`)", type=["json"],
                           key="val_report", help="Read as JSON only.")
     try:
@@ -46,31 +47,54 @@ def _load_points() -> tuple[list[report.Point] | None, str]:
         return None, ""
 
 
+def _filter(points: list[report.Point]) -> list[report.Point]:
+    """Model and method filters, shown when the report has more than one of either."""
+    models = sorted({p.model for p in points})
+    methods = list(dict.fromkeys(p.method for p in points))
+    cols = iter(st.columns(2))
+    if len(models) > 1:
+        models = next(cols).multiselect("Models", models, default=models, key="val_models")
+    if len(methods) > 1:
+        methods = next(cols).multiselect("Methods", methods, default=methods, key="val_methods")
+    return [p for p in points if p.model in models and p.method in methods]
+
+
 def report_section() -> None:
     st.markdown("### Estimated against measured")
-    points, source = _load_points()
-    if points is None:
+    rep, source = _load()
+    if rep is None:
         if source:
             st.info(source)
         return
-    st.caption(f"{len(points)} points from {source}. Error = (estimated − measured) / measured; the peak is "
-               "the allocated bytes at the peak phase (the CUDA context is not part of the comparison).")
+    st.caption(f"{len(rep.points) + len(rep.broken)} points from {source}. Error = (estimated − measured) / "
+               "measured; the peak is the allocated bytes at the peak phase (the CUDA context is not compared).")
+    if rep.broken:
+        with st.expander(f"{len(rep.broken)} point(s) could not be measured"):
+            st.markdown("\n".join(f"- **{b.label}**: {b.reason}" for b in rep.broken))
+    points = _filter(rep.points)
+    if not points:
+        st.info("No measured point matches these filters.")
+        return
     errs = [100 * p.peak_error for p in points]
     worst = max(range(len(points)), key=lambda i: abs(errs[i]))
     c = st.columns(4)
     c[0].metric("Points", len(points))
     verdicts = [p.passed for p in points if p.passed is not None]
-    c[1].metric("Passed", f"{sum(verdicts)} of {len(verdicts)}" if verdicts else "n/a")
+    c[1].metric("Passed", f"{sum(verdicts)} of {len(verdicts)}" if verdicts else "n/a",
+                help="The report's verdict: exact categories to the byte, the peak within 3%, the peak phase.")
     c[2].metric("Mean |peak error|", f"{sum(abs(e) for e in errs) / len(errs):.2f}%")
     c[3].metric("Worst |peak error|", f"{abs(errs[worst]):.2f}%", help=points[worst].label)
-    label = st.selectbox("Point", [p.label for p in points], key="val_point")
+    st.plotly_chart(charts.error_strip([p.method for p in points], [p.label for p in points], errs,
+                                       "Error of the peak, each point by method"), width="stretch")
+    label = st.selectbox("Point", [p.label for p in points], index=worst, key="val_point",
+                         help="The worst point first.")
     p = next(q for q in points if q.label == label)
     st.plotly_chart(charts.validation_bars({c: p.estimated[c] for c in p.categories},
                                            {c: p.measured[c] for c in p.categories},
                                            f"{p.label}: estimated against measured, per category"),
                     width="stretch")
-    st.plotly_chart(charts.error_bars([q.label for q in points], errs, "Error of the peak, per point"),
-                    width="stretch")
+    if p.failures:
+        st.warning("Failed: " + "; ".join(p.failures))
     df = summary_table(points)
     st.dataframe(df, hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.columns if "(" in c})
@@ -78,28 +102,54 @@ def report_section() -> None:
                        "memplan_validation.csv", "text/csv", icon=":material/download:", key="dl_validation")
 
 
+def _estimate_for_snapshot():
+    """The sidebar's run, estimated, to set the snapshot beside it (None without a valid model)."""
+    run = st.session_state.get("_inputs")
+    if run is None or run.model is None:
+        return None, ""
+    try:
+        return memplan.estimate(run.model, run.method, **run.options()), f"{run.model.name} · {run.method}"
+    except MemplanError:
+        return None, ""
+
+
 def snapshot_section() -> None:
     st.markdown("### CUDA memory snapshot")
-    st.caption("A snapshot from `torch.cuda.memory._dump_snapshot(...)`, broken down by category. It is read "
-               "with a restricted unpickler: no code in the file is executed.")
-    load, why = report.snapshot_loader()
-    if load is None:
+    st.caption("A snapshot from `torch.cuda.memory._dump_snapshot(...)`. It is read by memplan.measure's "
+               "restricted unpickler, which refuses every import: no code in the file is executed.")
+    why = report.snapshot_support()
+    if why:
         st.info(why)
         return
     up = st.file_uploader("CUDA memory snapshot (.pickle)", type=["pickle", "pkl"], key="val_snapshot")
     if up is None:
         return
     try:
-        breakdown = load(up.getvalue())
-        breakdown = {c: int(breakdown.get(c, 0)) for c in CATEGORIES}
-    except Exception as e:  # an untrusted upload: any failure is a message, never a traceback
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        st.error(f"Could not read '{up.name}' as a CUDA memory snapshot: {why}.")
+        summary = report.read_snapshot(up.getvalue())
+    except Exception as e:  # an untrusted upload: any failure is one message, never a traceback
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        st.error(f"Could not read '{up.name}' as a CUDA memory snapshot: {reason}")
         return
-    st.plotly_chart(charts.category_bar(breakdown, f"{up.name}: {sum(breakdown.values()) / GiB:.2f} GiB"),
-                    width="stretch")
-    st.download_button("Download the breakdown (CSV, bytes)",
-                       pd.DataFrame([{"category": c, "bytes": b} for c, b in breakdown.items()]).to_csv(index=False),
+    est, label = _estimate_for_snapshot()
+    c = st.columns(4)
+    c[0].metric("Peak allocated (trace)", f"{summary['trace_peak_allocated'] / GiB:.2f} GiB",
+                help="Replayed from the allocator's trace: the most the tensors held at once.")
+    c[1].metric("Allocated at the dump", f"{summary['allocated'] / GiB:.2f} GiB")
+    c[2].metric("Reserved at the dump", f"{summary['reserved'] / GiB:.2f} GiB",
+                help="Segments the caching allocator holds, used or not.")
+    if est is not None:
+        c[3].metric(f"Estimate ({label})", f"{est.peak_bytes / GiB:.2f} GiB",
+                    delta=f"{(est.peak_bytes - summary['trace_peak_allocated']) / GiB:+.2f} GiB vs trace",
+                    delta_color="off", help="The sidebar's run: allocated peak, from the estimator.")
+    cats = summary.get("categories")
+    if cats:
+        st.plotly_chart(charts.category_bar(cats, f"{up.name}: by category"), width="stretch")
+    else:
+        st.caption("This memplan.measure reports the snapshot's totals; a per-category split of a snapshot "
+                   "is not available from it yet.")
+    rows = [{"quantity": k, "bytes": int(v)} for k, v in summary.items() if k != "categories"]
+    rows += [{"quantity": f"category:{c}", "bytes": int(b)} for c, b in (cats or {}).items()]
+    st.download_button("Download the snapshot summary (CSV, bytes)", pd.DataFrame(rows).to_csv(index=False),
                        "memplan_snapshot.csv", "text/csv", icon=":material/download:", key="dl_snapshot")
 
 

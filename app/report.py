@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from memplan import CATEGORIES, MemplanError
@@ -28,6 +28,20 @@ COMPARED = tuple(c for c in CATEGORIES if c != "overhead")  # the CUDA context i
 
 
 @dataclass(frozen=True)
+class Broken:
+    """A point the report could not measure (it raised): its label and why."""
+
+    label: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Report:
+    points: list  # [Point], measured and compared
+    broken: list  # [Broken], points whose run failed (estimate and measured are null)
+
+
+@dataclass(frozen=True)
 class Point:
     label: str
     estimated: dict[str, int]  # bytes per category
@@ -37,6 +51,16 @@ class Point:
     measured_peak: int
     peak_error: float
     passed: bool | None  # the report's verdict; None when it has none
+    config: dict  # the point's run (model, method, rank, ..., device), as the report gives it
+    failures: tuple[str, ...] = ()  # the report's reasons for a failed point
+
+    @property
+    def model(self) -> str:
+        return str(self.config.get("model", "?"))
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method", "?"))
 
     @property
     def categories(self) -> list[str]:
@@ -89,8 +113,7 @@ def _label(point: dict, index: int, name: str | None) -> str:
             parts.append(f"r{cfg['rank']}")
         parts += [f"{short}{cfg[k]}" for k, short in (("batch_size", "b"), ("seq_len", "s")) if k in cfg]
         parts += [flag for flag in ("layerwise", "checkpointing") if cfg.get(flag)]
-        if cfg.get("precision") not in (None, "bf16"):
-            parts.append(str(cfg["precision"]))
+        parts += [str(cfg[k]) for k in ("precision", "device") if k in cfg]
         if parts:
             return " ".join(parts)
     return f"point {index + 1}"
@@ -105,11 +128,14 @@ def _relative(err, where: str) -> float | None:
     return float(val)
 
 
-def _point(p, index: int, name: str | None, where: str) -> Point:
+def _point(p, index: int, name: str | None, where: str) -> "Point | Broken":
     at = f"{where}, point {name or index + 1}"
     if not isinstance(p, dict) or "estimate" not in p or "measured" not in p:
         raise MemplanError(f"{at}: expected an object with 'estimate' and 'measured' "
                            "(the format 'memplan validate' writes).")
+    failures = p.get("failures") if isinstance(p.get("failures"), list) else []
+    if p["estimate"] is None or p["measured"] is None:  # the run raised: memplan.measure.grid records it so
+        return Broken(_label(p, index, name), "; ".join(map(str, failures)) or "the run failed")
     est = _bytes_by_category(p["estimate"], f"{at} 'estimate'")
     meas = _bytes_by_category(p["measured"], f"{at} 'measured'")
     est_peak, meas_peak = _peak(p["estimate"], est, f"{at} 'estimate'"), _peak(p["measured"], meas, f"{at} 'measured'")
@@ -122,11 +148,22 @@ def _point(p, index: int, name: str | None, where: str) -> Point:
             errors[c] = rel_error(est[c], meas[c]) if r is None else r
     peak = _relative(error["peak"], f"{at} 'error.peak'") if "peak" in error else None
     passed = p.get("passed") if isinstance(p.get("passed"), bool) else None
+    cfg = p.get("config") if isinstance(p.get("config"), dict) else {}
     return Point(_label(p, index, name), est, meas, errors, est_peak, meas_peak,
-                 rel_error(est_peak, meas_peak) if peak is None else peak, passed)
+                 rel_error(est_peak, meas_peak) if peak is None else peak, passed, cfg,
+                 tuple(map(str, failures)))
 
 
-def parse_report(text: "str | bytes", where: str = "report") -> list[Point]:
+def _unique(labels: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return out
+
+
+def parse_report(text: "str | bytes", where: str = "report") -> Report:
     """The points of a validation report; MemplanError with one line when it is malformed."""
     try:
         doc = json.loads(text)
@@ -147,17 +184,18 @@ def parse_report(text: "str | bytes", where: str = "report") -> list[Point]:
         items = [(None, p) for p in doc]
     else:
         raise MemplanError(f"{where}: expected a list of validation points, got {type(doc).__name__}.")
-    points = [_point(p, i, name, where) for i, (name, p) in enumerate(items)]
-    if not points:
+    parsed = [_point(p, i, name, where) for i, (name, p) in enumerate(items)]
+    if not parsed:
         raise MemplanError(f"{where}: the report has no points.")
-    return points
+    parsed = [replace(x, label=label) for x, label in zip(parsed, _unique([x.label for x in parsed]))]
+    return Report([x for x in parsed if isinstance(x, Point)], [x for x in parsed if isinstance(x, Broken)])
 
 
 def default_path() -> Path:
     return Path(os.environ.get(REPORT_ENV) or DEFAULT_REPORT)
 
 
-def read_default() -> tuple[list[Point] | None, str]:
+def read_default() -> tuple[Report | None, str]:
     """The default report if it exists: (points, its path), or (None, why not)."""
     path = default_path()
     if not path.is_file():
@@ -165,25 +203,35 @@ def read_default() -> tuple[list[Point] | None, str]:
     return parse_report(path.read_bytes(), str(path)), str(path)
 
 
-SNAPSHOT_MODULE = "snapshot"  # memplan/measure/snapshot.py, owned by the measurement code
-SNAPSHOT_FUNCTIONS = ("load_snapshot", "snapshot_breakdown", "read_snapshot")
+SNAPSHOT_CATEGORY_FUNCTIONS = ("snapshot_categories", "snapshot_breakdown")  # {category: bytes}, if provided
 
 
-def snapshot_loader():
-    """memplan.measure's safe CUDA-snapshot reader (a restricted unpickler), or (None, why not).
+def snapshot_support() -> str | None:
+    """None when memplan.measure's safe snapshot reader is installed, else why not.
 
-    The module file is looked for before anything is imported: importing
-    memplan.measure imports torch, which takes seconds.
+    Looked up without importing it: importing memplan.measure imports torch (seconds).
     """
     if importlib.util.find_spec("torch") is None:
-        return None, ("Reading a CUDA memory snapshot needs torch and memplan.measure: "
-                      "pip install 'memplan[torch]'.")
+        return "Reading a CUDA memory snapshot needs torch and memplan.measure: pip install 'memplan[torch]'."
     spec = importlib.util.find_spec("memplan.measure")
     locations = list(spec.submodule_search_locations or []) if spec else []
-    if any((Path(loc) / f"{SNAPSHOT_MODULE}.py").is_file() for loc in locations):
-        mod = importlib.import_module(f"memplan.measure.{SNAPSHOT_MODULE}")
-        for fn_name in SNAPSHOT_FUNCTIONS:
-            if hasattr(mod, fn_name):
-                return getattr(mod, fn_name), ""
-    return None, ("Snapshot upload needs memplan.measure's safe snapshot reader (memplan.measure.snapshot), "
-                  "which this install does not have yet; untrusted pickles are never opened without it.")
+    if not any((Path(loc) / "snapshot.py").is_file() for loc in locations):
+        return ("Snapshot upload needs memplan.measure's safe snapshot reader (memplan.measure.snapshot), "
+                "which this install does not have; untrusted pickles are never opened without it.")
+    return None
+
+
+def read_snapshot(data: bytes) -> dict:
+    """A snapshot's summary, loaded by memplan.measure.snapshot.loads_snapshot (a restricted unpickler
+    that refuses every global, so no code in the file runs): trace_peak_allocated, allocated and
+    reserved bytes, and "categories" ({category: bytes}) when the measurement code attributes them."""
+    from memplan.measure import snapshot
+
+    snap = snapshot.loads_snapshot(data)
+    out = dict(snapshot.snapshot_peak(snap))
+    for name in SNAPSHOT_CATEGORY_FUNCTIONS:
+        fn = getattr(snapshot, name, None)
+        if fn is not None:
+            out["categories"] = {c: int(v) for c, v in fn(snap).items() if c in CATEGORIES}
+            break
+    return out

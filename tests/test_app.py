@@ -48,6 +48,13 @@ def sample_report(methods=("adamw", "galore", "golore", "galore8bit")) -> list[d
     return points
 
 
+def broken_point() -> dict:
+    """A point whose run raised, as memplan.measure.grid.run_grid records it."""
+    return {"config": {"model": "llama-60m", "method": "sumo", "rank": 32, "batch_size": 4, "seq_len": 256},
+            "passed": False, "failures": ["RuntimeError: out of memory"], "error": None, "estimate": None,
+            "measured": None, "seconds": 0}
+
+
 @pytest.fixture
 def at(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no default validation report here
@@ -262,16 +269,23 @@ def test_validation_without_a_report_says_how_to_make_one(at):
 def test_validation_report_upload_shows_estimated_against_measured(at):
     run(at.switch_page("pages_validation.py"))
     points = sample_report()
-    at.file_uploader(key="val_report").set_value(("report.json", json.dumps(points).encode(), "application/json"))
+    doc = {"grid": "small", "results": [*points, broken_point()]}
+    at.file_uploader(key="val_report").set_value(("report.json", json.dumps(doc).encode(), "application/json"))
     run(at)
     assert metrics(at)["Points"] == str(len(points))
+    assert "1 point(s) could not be measured" in at.expander[0].label
+    assert "out of memory" in at.expander[0].markdown[0].value
     table = at.dataframe[0].value
     for (_, shown), p in zip(table.iterrows(), points):
         assert shown["estimated peak (GiB)"] == pytest.approx(p["estimate"]["peak_bytes"] / GiB)
         assert shown["measured peak (GiB)"] == pytest.approx(p["measured"]["peak_bytes"] / GiB)
         assert shown["peak error (%)"] == pytest.approx(100 * p["error"]["peak"]["relative"])
-    bars = plotly_specs(at)[0]["data"]
-    assert [t["name"] for t in bars] == ["Estimated", "Measured (hatched)"]
+    strip, bars = plotly_specs(at)
+    assert strip["data"][0]["y"] == pytest.approx([100 * p["error"]["peak"]["relative"] for p in points])
+    assert [t["name"] for t in bars["data"]] == ["Estimated", "Measured (hatched)"]
+    at.multiselect(key="val_methods").set_value(["galore"])
+    run(at)
+    assert list(at.dataframe[0].value["point"]) == ["llama-60m galore r32 b4 s256 bf16 cpu"]
 
 
 def test_validation_default_report_from_the_environment(monkeypatch, tmp_path):
@@ -296,13 +310,56 @@ def test_bad_report_upload_is_one_message(at, content, message):
     assert len(at.error) == 1 and message in at.error[0].value
 
 
-def test_snapshot_upload_needs_the_safe_loader(at):
+MARKER = Path(__import__("tempfile").gettempdir()) / f"memplan-app-test-pwned-{__import__('os').getpid()}"
+
+
+class _RunsCode:
+    """Unpickling this would create MARKER: a stand-in for a malicious snapshot."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (str(MARKER),))
+
+
+def test_snapshot_without_the_safe_reader_says_so(at, monkeypatch):
+    monkeypatch.setattr(report, "snapshot_support", lambda: "needs the reader")
     run(at.switch_page("pages_validation.py"))
-    load, why = report.snapshot_loader()
-    if load is None:
-        assert any(why == i.value for i in at.info)
-    else:
-        assert any(u.key == "val_snapshot" for u in at.file_uploader)
+    assert any(i.value == "needs the reader" for i in at.info)
+    assert not any(u.key == "val_snapshot" for u in at.file_uploader)
+
+
+def _snapshot_page(at):
+    if report.snapshot_support() is not None:
+        pytest.skip(report.snapshot_support())
+    run(at.switch_page("pages_validation.py"))
+    return next(u for u in at.file_uploader if u.key == "val_snapshot")
+
+
+def test_snapshot_upload_shows_its_totals(at):
+    import pickle
+
+    gib = 1 << 30
+    snap = {"segments": [{"total_size": 4 * gib, "allocated_size": 3 * gib, "blocks": []}],
+            "device_traces": [[{"action": "alloc", "size": 2 * gib}, {"action": "alloc", "size": gib},
+                               {"action": "free_completed", "size": gib}, {"action": "alloc", "size": gib // 2}]]}
+    _snapshot_page(at).set_value(("snap.pickle", pickle.dumps(snap), "application/octet-stream"))
+    run(at)
+    shown = metrics(at)
+    assert shown["Peak allocated (trace)"] == "3.00 GiB"
+    assert shown["Allocated at the dump"] == "3.00 GiB" and shown["Reserved at the dump"] == "4.00 GiB"
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\x80\x04random bytes, not a pickle", "Could not read"),
+    (__import__("pickle").dumps(_RunsCode()), "Refusing to load the snapshot"),
+    (__import__("pickle").dumps([1, 2, 3]), "Not a CUDA memory snapshot"),
+])
+def test_bad_snapshot_upload_is_one_message_and_runs_nothing(at, content, message):
+    _snapshot_page(at).set_value(("snap.pickle", content, "application/octet-stream"))
+    run(at)
+    assert len(at.error) == 1 and message in at.error[0].value and "\n" not in at.error[0].value
+    assert not MARKER.exists()
 
 
 # ---------------------------------------------------------------- CSV and the command

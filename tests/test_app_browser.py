@@ -91,8 +91,8 @@ def _get(url: str) -> str | None:
 class DevTools:
     """The few DevTools protocol calls the test needs, on one page target."""
 
-    def __init__(self, ws_url: str):
-        self.ws = websockets_sync.connect(ws_url, max_size=None, open_timeout=10)
+    def __init__(self, ws):
+        self.ws = ws
         self.next_id = 0
 
     def call(self, method: str, **params):
@@ -152,11 +152,11 @@ def browser():
         port = _wait(lambda: port_file.is_file() and port_file.read_text().split("\n")[0], 30, "chromium")
         targets = json.loads(_wait(lambda: _get(f"http://127.0.0.1:{port}/json/list"), 30, "a page target"))
         page = next(t for t in targets if t["type"] == "page")
-        dt = DevTools(page["webSocketDebuggerUrl"])
-        dt.call("Page.enable")
-        dt.resize(1000)
-        yield dt
-        dt.ws.close()
+        with websockets_sync.connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10) as ws:
+            dt = DevTools(ws)
+            dt.call("Page.enable")
+            dt.resize(1000)
+            yield dt
     finally:
         proc.terminate()
         try:
@@ -170,7 +170,7 @@ def load(dt: DevTools, url: str, plots: int) -> dict:
     """Navigate, wait until the page is drawn (charts in, no skeleton, script done), return the probe."""
     dt.resize(1000)
     dt.call("Page.navigate", url=url)
-    time.sleep(1.0)
+    time.sleep(0.5)
 
     def drawn():
         state = json.loads(dt.eval(PROBE) or "{}")
@@ -178,14 +178,14 @@ def load(dt: DevTools, url: str, plots: int) -> dict:
         return state if done or state.get("exceptions") else None
 
     state = _wait(drawn, 60, f"{url} to render {plots} chart(s)")
-    time.sleep(1.5)  # plotly's resize to the container, fonts
+    time.sleep(1.0)  # plotly's resize to the container, fonts
     return json.loads(dt.eval(PROBE))
 
 
 def capture(dt: DevTools, name: str, height: int) -> Path:
     """A screenshot of the whole app (the window grown to the content's height) and the DOM."""
     dt.resize(max(1000, min(height + 40, 6000)))
-    time.sleep(1.5)
+    time.sleep(1.0)
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / f"dashboard_{name}.png"
     shot.write_bytes(base64.b64decode(dt.call("Page.captureScreenshot", format="png")["data"]))
