@@ -8,7 +8,6 @@ from memplan import CATEGORIES, METHODS
 from memplan.app import charts, data, state
 from memplan.estimator import capacity_bytes
 from memplan.profiles import load_gpus
-from memplan.units import GiB
 
 COMPARE_GPUS = ("rtx-4090", "a100-40gb", "a100-80gb")
 

@@ -177,7 +177,7 @@ def load(dt: DevTools, url: str, plots: int) -> dict:
         done = state and state["plots"] >= plots and not state["skeletons"] and not state["running"]
         return state if done or state.get("exceptions") else None
 
-    state = _wait(drawn, 60, f"{url} to render {plots} chart(s)")
+    _wait(drawn, 60, f"{url} to render {plots} chart(s)")
     time.sleep(1.0)  # plotly's resize to the container, fonts
     return json.loads(dt.eval(PROBE))
 
