@@ -198,7 +198,9 @@ def test_page_renders_in_chromium(server, browser, path, name, plots):
     state = load(browser, f"{server}/{path}", plots)
     shot = capture(browser, name, state["height"])
     assert state["exceptions"] == 0, f"{name}: an exception is shown (see {shot})"
-    if name != "estimate_does_not_fit":  # that page's verdict is a red alert on purpose
+    if name == "estimate_does_not_fit":  # the verdict is a red alert on purpose: it proves the probe sees one
+        assert state["errors"] == 1, f"{name}: expected the does-not-fit verdict (see {shot})"
+    else:
         assert state["errors"] == 0, f"{name}: an error alert is shown (see {shot})"
     assert state["plots"] >= plots, f"{name}: {state['plots']} plotly chart(s), expected {plots}"
     dom = (ARTIFACTS / f"dashboard_{name}.html").read_text()
