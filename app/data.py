@@ -90,6 +90,15 @@ def largest_size(model: ModelProfile, method: str, gpu: str, opts: dict, axis: s
     return memplan.max_seq_len(model, gpu, method, **{k: v for k, v in opts.items() if k != "seq_len"})
 
 
+@st.cache_data(show_spinner=False, max_entries=128)
+def fit_options(model: ModelProfile, method: str, gpu: str, opts: dict) -> list[dict]:
+    """`memplan.planner.fit_report` for one method: per-layer update x checkpointing, with the largest sizes."""
+    from memplan.planner import fit_report
+
+    rest = {k: v for k, v in opts.items() if k not in ("layerwise", "checkpointing")}
+    return [r.to_dict() for r in fit_report(model, gpu, [method], **rest)]
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def hardware(model: ModelProfile, method: str, opts: dict, counts: tuple[int, ...]) -> tuple[list[dict], list[str]]:
     """`memplan.plan`: GPU x count options that fit, cheapest per hour first; and the GPUs that never fit."""

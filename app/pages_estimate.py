@@ -38,6 +38,21 @@ def csv_table(est) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def options_table(rows: list[dict], run) -> pd.DataFrame:
+    """The fit of the same run with the per-layer update and checkpointing on and off."""
+    yes = {True: "yes", False: "no"}
+    out = []
+    for r in rows:
+        this = r["layerwise"] == run.layerwise and r["checkpointing"] == run.checkpointing
+        out.append({"per-layer update": yes[r["layerwise"]], "checkpointing": yes[r["checkpointing"]],
+                    "fits": yes[r["fits"]], "peak (GiB)": r["required_bytes"] / GiB,
+                    "headroom (GiB)": r["headroom_bytes"] / GiB,
+                    f"max batch (seq {run.seq_len})": r["max_batch_size"], "max sequence (batch 1)": r["max_seq_len"],
+                    "max rank": r["max_rank"] if r["max_rank"] is not None else "–",
+                    "": "◀ this run" if this else ""})
+    return pd.DataFrame(out)
+
+
 def render() -> None:
     run = state.inputs()
     est = state.shown(data.estimate, run.model, run.method, run.gpu, run.options())
@@ -64,6 +79,14 @@ def render() -> None:
 
     st.plotly_chart(charts.phase_bars(est.phases, est.overhead, est.peak_phase, fit.capacity_bytes,
                                       f"{g.name.replace('NVIDIA ', '')} capacity"), width="stretch")
+
+    st.markdown(f"#### Per-layer update and checkpointing on {g.name.replace('NVIDIA ', '')}")
+    rows = state.shown(data.fit_options, run.model, run.method, run.gpu, run.options())
+    opts = options_table(rows, run)
+    st.dataframe(opts, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in opts.columns if "GiB" in c})
+    st.caption("The largest batch, sequence and rank that fit come from the planner's searches "
+               "(`memplan fit`); 0: even 1 does not fit.")
 
     st.markdown("#### Breakdown by category and phase")
     st.caption("Overhead is the CUDA context plus the caching allocator's fragmentation, counted once at the "

@@ -83,6 +83,11 @@ def set_run(app: AppTest, **values) -> AppTest:
     return run(app)
 
 
+def frame(app: AppTest, column: str):
+    """The first table shown that has `column`."""
+    return next(d.value for d in app.dataframe if column in d.value.columns)
+
+
 def plotly_specs(app: AppTest) -> list[dict]:
     return [json.loads(el.proto.spec) for el in app.get("plotly_chart")]
 
@@ -96,7 +101,7 @@ def check_estimate_page(app: AppTest, est, gpu: str) -> None:
     assert shown["Headroom" if fit.fits else "Shortfall"] == f"{abs(fit.headroom_bytes) / GiB:.2f} GiB"
     verdicts = [e.value for e in (app.success if fit.fits else app.error)]
     assert verdict_text(fit, fit.gpu.name) in verdicts
-    table = app.dataframe[0].value
+    table = frame(app, "category")
     for cat in CATEGORIES:
         row = table[table["category"] == charts.CATEGORY_LABELS[cat].split(" (")[0]].iloc[0]
         assert row[f"{charts.PHASE_LABELS[est.peak_phase]} (GiB)"] == pytest.approx(est.breakdown[cat] / GiB)
@@ -392,3 +397,17 @@ def test_memplan_app_help_and_missing_extra(monkeypatch):
     monkeypatch.setattr(app_cmd.importlib.util, "find_spec", lambda name: None)
     result = CliRunner().invoke(cli, ["app"])
     assert result.exit_code == 2 and app_cmd.NEEDS_EXTRA in result.output
+
+
+def test_estimate_page_lists_the_per_layer_and_checkpointing_options(at):
+    set_run(at, model="llama-7b", method="galore8bit", layerwise=False, checkpointing=False)
+    from memplan.planner import fit_report
+
+    rows = fit_report("llama-7b", "rtx-4090", ["galore8bit"], rank=128, batch_size=1, seq_len=2048)
+    table = frame(at, "per-layer update")
+    assert len(table) == 4
+    for (_, shown), r in zip(table.iterrows(), rows):
+        assert shown["fits"] == ("yes" if r.fits else "no")
+        assert shown["peak (GiB)"] == pytest.approx(r.required_bytes / GiB)
+        assert shown["max batch (seq 2048)"] == r.max_batch_size and shown["max rank"] == r.max_rank
+        assert (shown[""] == "◀ this run") == (not r.layerwise and not r.checkpointing)
