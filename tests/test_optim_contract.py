@@ -242,3 +242,24 @@ def test_adafactor_first_step_is_clipped_sign_like():
     p.grad = G
     opt.step()
     torch.testing.assert_close(p.detach(), -0.1 * torch.sign(G), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_cuda_step_matches_cpu(name):
+    cpu = _params()
+    gpu = [torch.nn.Parameter(p.detach().cuda()) for p in cpu]
+    opt_cpu, opt_gpu = ALL[name](_groups(name, *cpu)), ALL[name](_groups(name, *gpu))
+    for t in range(2):  # one refresh: SVD signs may differ by device, harmless within one subspace
+        grads = _grads(t, torch.float32)
+        for p, q, g in zip(cpu, gpu, grads):
+            p.grad, q.grad = g, g.cuda()
+        opt_cpu.step()
+        opt_gpu.step()
+    for key, value in opt_gpu.state[gpu[0]].items():
+        if torch.is_tensor(value) and key != "step":
+            assert value.is_cuda, key
+    if name not in ("GoLoreAdamW", "GoLoreSGD", "SUMO"):  # device generators draw different random numbers
+        for p, q in zip(cpu, gpu):
+            torch.testing.assert_close(q.cpu(), p.detach(), atol=1e-3, rtol=1e-3)
