@@ -65,7 +65,7 @@ def largest_ranks(model: ModelProfile, methods: tuple[str, ...], gpu: str, opts:
     out = {}
     rest = {k: v for k, v in opts.items() if k != "rank"}
     for m in methods:
-        r = memplan.max_rank(model, gpu, m, **rest)
+        r = memplan.max_rank(model, gpu, m, **rest, rank=1)  # the search sets the rank; 1 is valid on any model
         if r:
             out[m] = (r, memplan.estimate(model, m, **{**rest, "rank": r}).device_total_bytes)
     return out

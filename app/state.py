@@ -103,6 +103,8 @@ def parse_config(data: bytes, filename: str) -> ModelProfile:
     name = filename[: -len(".json")] if filename.endswith(".json") else filename
     if name == "config" and isinstance(cfg, dict) and isinstance(cfg.get("_name_or_path"), str):
         name = cfg["_name_or_path"].rstrip("/").split("/")[-1] or name
+    if name == "config":
+        name = "uploaded config.json"
     return model_from_config(cfg, name, where)
 
 

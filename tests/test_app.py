@@ -165,6 +165,9 @@ def test_uploaded_config_is_estimated(at):
                            seq_len=d["seq_len"], layerwise=True, checkpointing=True)
     set_run(at, rank=16)
     check_estimate_page(at, est, d["gpu"])
+    for page, charts_shown in (("pages_compare.py", 1), ("pages_sweep.py", 3), ("pages_hardware.py", 1)):
+        run(at.switch_page(page))
+        assert not at.error and len(at.get("plotly_chart")) == charts_shown, page
 
 
 @pytest.mark.parametrize("name,content,message", [
