@@ -137,3 +137,20 @@ def test_8bit_step_runs_under_fake_tensors():
     r_K = 128 * 1024
     assert got["projectors"] == 128 * 512 * 4
     assert got["optimizer_states"] == 2 * (r_K + r_K // 256 * 4) + 4 + (2 * 512 * 4 + 4) + 2 * 256 * 4
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_fast_nearest_code_equals_bucketize(signed):
+    values = q8.SIGNED_MAP if signed else q8.UNSIGNED_MAP
+    qmap = torch.tensor(values)
+    mid = (qmap[:-1] + qmap[1:]) / 2
+    # the lookup relies on: no fp32 bucket (top 16 bits) inside [-1, 1] holds two midpoints
+    bucket = (mid.view(torch.int32) >> 16) & 0xFFFF
+    assert bucket.unique().numel() == mid.numel()
+    lo = -1.0 if signed else 0.0
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(100_000, generator=gen) * (1 - lo) + lo,
+                   (torch.rand(20_000, generator=gen) * 2 - 1) * torch.logspace(-9, 0, 20_000),
+                   mid, mid.nextafter(torch.tensor(2.0)), mid.nextafter(torch.tensor(-2.0)), qmap,
+                   torch.tensor([0.0, -0.0, 1.0, lo])]).clamp(lo, 1)
+    assert torch.equal(q8.nearest_code(x, qmap).long(), torch.bucketize(x, mid))
