@@ -1,6 +1,5 @@
 """The torch.optim contract for every bundled optimizer: validation, lazy state,
 state_dict round trip, closure, dtypes, and clear errors instead of NaN weights."""
-import copy
 import io
 import warnings
 

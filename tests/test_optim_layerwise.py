@@ -33,7 +33,7 @@ def _batch(step):
     return torch.randint(0, CFG.vocab_size, (2, 16), generator=gen)
 
 
-def _train(model, opt, steps, start=0, layerwise=False):
+def _train(model, opt, steps, start=0):
     for t in range(start, start + steps):
         ids = _batch(t)
         model(ids, labels=ids).backward()
@@ -63,7 +63,7 @@ def test_refuses_gradient_accumulation_and_global_clipping():
         LayerwiseOptimizer(model.parameters(), torch.optim.AdamW, gradient_accumulation_steps=4)
     with pytest.raises(ValueError, match="max_grad_norm=1.0"):
         LayerwiseOptimizer(model.parameters(), torch.optim.AdamW, max_grad_norm=1.0)
-    opt = build_optimizer(model, "galore", rank=8, update_gap=2, layerwise=True)
+    build_optimizer(model, "galore", rank=8, update_gap=2, layerwise=True)  # hooks live on the parameters
     ids = _batch(0)
     model(ids, labels=ids).backward()
     with pytest.raises(RuntimeError, match="'lm_head.weight' received a second gradient before step"):
