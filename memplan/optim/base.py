@@ -153,8 +153,8 @@ class LowRankOptimizer(torch.optim.Optimizer):
         return adam_direction(state, R, group, step)
 
     def _dense_step(self, p, grad, state, group, step: int) -> None:
-        direction, step_size = adam_direction(state, grad, group, step)
-        p.add_(direction, alpha=-step_size)
+        exp_avg, denom, step_size = adam_moments(state, grad, group, step)
+        p.addcdiv_(exp_avg, denom, value=-step_size)  # one full-size temporary (denom), not two
         if group["weight_decay"] > 0.0:
             p.add_(p, alpha=-group["lr"] * group["weight_decay"])
 
@@ -170,10 +170,10 @@ class LowRankOptimizer(torch.optim.Optimizer):
                     s[key] = v.value.to(p.device) if torch.is_tensor(v.value) else v.value
 
 
-def adam_direction(state: dict, grad: torch.Tensor, group: dict, step: int):
-    """Adam moments in the gradient's dtype, galore-torch / HF arithmetic:
-    ``denom = sqrt(v) + eps`` and ``step_size = lr * sqrt(1 - beta2^t) / (1 - beta1^t)``.
-    Returns ``(m / denom, step_size)``."""
+def adam_moments(state: dict, grad: torch.Tensor, group: dict, step: int):
+    """Update Adam moments (gradient dtype) with galore-torch / HF arithmetic and return
+    ``(exp_avg, denom, step_size)``: ``denom = sqrt(v) + eps``,
+    ``step_size = lr * sqrt(1 - beta2^t) / (1 - beta1^t)``."""
     if "exp_avg" not in state:
         state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
@@ -185,6 +185,12 @@ def adam_direction(state: dict, grad: torch.Tensor, group: dict, step: int):
     step_size = group["lr"]
     if group.get("correct_bias", True):
         step_size = step_size * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+    return exp_avg, denom, step_size
+
+
+def adam_direction(state: dict, grad: torch.Tensor, group: dict, step: int):
+    """``(m / denom, step_size)`` of ``adam_moments`` (for low-rank moments)."""
+    exp_avg, denom, step_size = adam_moments(state, grad, group, step)
     return exp_avg / denom, step_size
 
 
