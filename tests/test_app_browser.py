@@ -117,7 +117,7 @@ class DevTools:
 def server(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    if not (ROOT / report.DEFAULT_REPORT).is_file():  # no real report yet: show a sample one
+    if not (ROOT / report.DEFAULT_REPORT).is_file() and not env.get(report.REPORT_ENV):  # no report: a sample
         from test_app import sample_report
 
         path = tmp_path_factory.mktemp("report") / "validate_sample.json"
