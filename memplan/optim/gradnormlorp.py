@@ -12,7 +12,8 @@ Step for a weight with gradient ``G = dL/dW`` (rows ``i``):
 ``dL/dV`` goes through GaLore (SVD projector refreshed every T steps, low-rank
 Adam, projected back and scaled); on ordinary steps its projection is formed
 from ``G`` and ``W`` directly with two low-rank products, so no ``m x n``
-temporary exists (on a refresh ``dL/dV`` is built once, for its SVD). ``g``
+temporary exists (on a refresh ``dL/dV`` is built once in fp32, for its SVD; row
+norms are accumulated in fp32 without an fp32 copy of ``W``). ``g``
 gets plain Adam. Then ``W <- g_new * V_new / ||V_new||_row`` in place. Weight
 decay is decoupled and applied to ``g`` (equivalently to ``W``: decaying ``V``
 would do nothing, the direction being scale-free).
@@ -30,7 +31,7 @@ import torch
 
 from .base import LowRankOptimizer, adam_direction
 from .galore import EightBitMoments
-from .projector import check_finite, choose_side, project_back_
+from .projector import check_finite, choose_side, project_back_, svd_projector
 
 _TINY = 1e-12  # floor of a row norm (an all-zero row has no direction)
 
@@ -60,7 +61,8 @@ class GradNormLoRP(LowRankOptimizer):
                                       correct_bias=correct_bias))
 
     def _projected_step(self, p, grad, state, group, t: int, name: str) -> None:
-        norm = p.float().norm(dim=1).clamp(min=_TINY).to(grad.dtype)  # ||V||, V = W
+        # ||V|| (V = W), accumulated in fp32 without an fp32 copy of W
+        norm = torch.linalg.vector_norm(p, dim=1, dtype=torch.float32).clamp(min=_TINY).to(grad.dtype)
         if "magnitude" not in state:
             state["magnitude"] = norm.clone()
             state["side"] = choose_side(p.shape, group["proj_type"])
@@ -69,8 +71,12 @@ class GradNormLoRP(LowRankOptimizer):
         c1, c2 = g / norm, g * dg / (norm * norm)  # dL/dV = c1 * G - c2 * V, row-wise
         side = state["side"]
         if "projector" not in state or t % group["update_proj_gap"] == 0:
-            _, dV = weight_norm_grads(p, g, grad)
-            self._refresh(p, dV, state, group, t, name)
+            # dL/dV in fp32 (the matrix whose SVD is taken): one m x n fp32 buffer, like GaLore's copy of G
+            dV = grad.to(torch.float32, copy=True).mul_(c1.float()[:, None])
+            dV.addcmul_(p, c2.float()[:, None], value=-1.0)
+            rank = min(group["rank"], *p.shape)
+            state["projector"] = svd_projector(dV, rank, side, name, previous=state.get("projector"),
+                                               dtype=grad.dtype)
             del dV
         P = state["projector"]
         if side == "right":  # R = dV @ P^T, (m, r)
@@ -88,7 +94,7 @@ class GradNormLoRP(LowRankOptimizer):
         g.add_(g_dir, alpha=-g_step)
         if group["weight_decay"] > 0.0:
             g.mul_(1.0 - group["lr"] * group["weight_decay"])
-        new_norm = p.float().norm(dim=1).clamp(min=_TINY)
+        new_norm = torch.linalg.vector_norm(p, dim=1, dtype=torch.float32).clamp(min=_TINY)
         p.mul_((g.float() / new_norm).to(p.dtype)[:, None])  # W = g * V_new / ||V_new||
 
 

@@ -85,9 +85,9 @@ def _svd(matrix: torch.Tensor, name: str):
 
 
 def svd_projector(grad: torch.Tensor, rank: int, side: str, name: str = "?",
-                  previous: torch.Tensor | None = None) -> torch.Tensor:
+                  previous: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """GaLore's projector: top-``rank`` singular vectors of ``grad`` on ``side``,
-    computed in fp32 and cast back to the gradient's dtype."""
+    computed in fp32 and cast back to ``dtype`` (default: the gradient's dtype)."""
     check_finite(grad, name)
     matrix = grad if grad.dtype == torch.float32 else grad.float()
     result = _svd(matrix, name)
@@ -100,7 +100,7 @@ def svd_projector(grad: torch.Tensor, rank: int, side: str, name: str = "?",
     U, _, Vh = result
     P = Vh[:rank, :] if side == "right" else U[:, :rank]
     # a compact copy: a slice would keep the whole U / Vh storage alive as state
-    return P.to(dtype=grad.dtype, memory_format=torch.contiguous_format, copy=True)
+    return P.to(dtype=dtype or grad.dtype, memory_format=torch.contiguous_format, copy=True)
 
 
 def param_seed(name: str, base_seed: int) -> int:
