@@ -270,8 +270,14 @@ def error_strip(groups: list[str], labels: list[str], errors_pct: list[float], t
                 tolerance_pct: float = 3.0) -> go.Figure:
     """Signed relative error of each point (percent of the measured value), one column per group (method),
     the tolerance as a band. 3%: the peak tolerance of `memplan validate` (memplan.measure.validate)."""
+    names = list(dict.fromkeys(groups))
+    xs, seen = [], {}
+    size = {g: groups.count(g) for g in names}
+    for g in groups:  # spread the points of a group side by side, so equal errors stay visible
+        k = seen[g] = seen.get(g, -1) + 1
+        xs.append(names.index(g) + (k - (size[g] - 1) / 2) * min(0.6 / size[g], 0.08))
     fig = go.Figure(go.Scatter(
-        x=groups, y=errors_pct, text=labels, mode="markers", name="points",
+        x=xs, y=errors_pct, text=labels, mode="markers", name="points",
         marker={"size": 11, "line": {"color": "white", "width": 1},
                 "color": [FIT_COLOR if abs(e) <= tolerance_pct else NOFIT_COLOR for e in errors_pct]},
         hovertemplate="%{text}: %{y:+.2f}%<extra></extra>"))
@@ -281,7 +287,9 @@ def error_strip(groups: list[str], labels: list[str], errors_pct: list[float], t
                    xanchor="left", yanchor="bottom")]
     top = max([abs(e) for e in errors_pct] + [tolerance_pct]) * 1.25
     return _layout(fig, title=title, yaxis_title="(estimated − measured) / measured (%)", height=420,
-                   showlegend=False, yaxis_range=[-top, top], xaxis={"type": "category", "title": ""},
+                   showlegend=False, yaxis_range=[-top, top],
+                   xaxis={"tickvals": list(range(len(names))), "ticktext": names, "title": "", "showgrid": False,
+                          "range": [-0.6, len(names) - 0.4], "zeroline": False},
                    shapes=[band, _rule("y", 0, CAPACITY_COLOR, "solid", 1)], annotations=notes)
 
 
