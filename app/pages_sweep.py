@@ -13,9 +13,12 @@ COMPARE_GPUS = ("rtx-4090", "a100-40gb", "a100-80gb")
 
 
 def rank_csv(points: dict, largest: dict) -> pd.DataFrame:
-    return pd.DataFrame([{"method": m, "rank": r, "device_total_bytes": b,
-                          "largest_rank_that_fits": largest.get(m, (None,))[0] == r}
-                         for m, pts in points.items() for r, b in pts])
+    """The swept ranks, then each method's largest rank that fits (marked), device totals in bytes."""
+    rows = [{"method": m, "rank": r, "device_total_bytes": b, "largest_rank_that_fits": False}
+            for m, pts in points.items() for r, b in pts]
+    rows += [{"method": m, "rank": r, "device_total_bytes": b, "largest_rank_that_fits": True}
+             for m, (r, b) in largest.items()]
+    return pd.DataFrame(rows)
 
 
 def axis_csv(axis: str, xs: list[int], bds: list[dict]) -> pd.DataFrame:

@@ -414,3 +414,11 @@ def test_estimate_page_lists_the_per_layer_and_checkpointing_options(at):
         assert shown["peak (GiB)"] == pytest.approx(r.required_bytes / GiB)
         assert shown["max batch (seq 2048)"] == r.max_batch_size and shown["max rank"] == r.max_rank
         assert (shown[""] == "◀ this run") == (not r.layerwise and not r.checkpointing)
+
+
+def test_rank_csv_marks_the_largest_rank():
+    from memplan.app import pages_sweep
+
+    out = pages_sweep.rank_csv({"galore": [(64, 10), (128, 20)]}, {"galore": (100, 15)})
+    assert list(out["rank"]) == [64, 128, 100]
+    assert list(out["largest_rank_that_fits"]) == [False, False, True]
