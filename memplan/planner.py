@@ -132,10 +132,10 @@ def rank_limit(config: TrainingConfig) -> int:
 def max_rank(model, gpu, method: str | None = None, *, gpu_file=None, layout: str = "single",
              num_gpus: int = 1, min_headroom: int = 0, **options) -> int | None:
     """Largest rank that fits, up to the smallest projected dimension; None for methods without rank."""
-    config = make_config(model, method, **options)
+    # the rank is searched: start from rank 1 so a default rank above this model's limit is not checked
+    config = make_config(model, method, **{**options, "rank": 1})
     if not METHODS[config.method].uses_rank:
         return None
-    config = replace(config, rank=1)
     return _search("rank", rank_limit(config), config, gpu, None, gpu_file, layout, num_gpus, min_headroom, {})
 
 

@@ -353,3 +353,9 @@ def test_local_gpu_profile_from_nvml(monkeypatch):
 
 def test_named_gpus_still_resolve():
     assert resolve_gpu("RTX_4090") == load_gpu("rtx-4090")
+
+
+def test_max_rank_without_rank_on_a_narrow_model(tiny):
+    # tiny's smallest projected dimension is 32: the default rank 128 must not be checked first
+    r = max_rank(tiny, "h100-80gb", "galore", batch_size=1, seq_len=16)
+    assert r == 32
