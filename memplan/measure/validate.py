@@ -71,6 +71,8 @@ class Validation:
 
     def to_dict(self) -> dict:
         cfg = asdict(self.config)
+        if isinstance(cfg["model"], dict):  # a ModelProfile: report its name
+            cfg["model"] = cfg["model"]["name"]
         cfg["target_modules"] = list(cfg["target_modules"]) if cfg["target_modules"] else None
         return {"config": cfg, "estimate": self.estimate, "measured": self.measured, "error": self.error,
                 "passed": self.passed, "failures": self.failures, "seconds": round(self.seconds, 2)}

