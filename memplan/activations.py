@@ -69,7 +69,12 @@ def _norm_saved(t: int, h: int, c: int, x: int, rms: bool) -> int:
 
 def _llama_block(p: ModelProfile, t: int, c: int, x: int, rank_extra: int) -> int:
     h, kv, i, nh = p.hidden_size, p.kv_dim, p.intermediate_size, p.num_attention_heads
-    norms = 2 * (_norm_saved(t, h, c, x, rms=True) + c * t * h)  # two norms + their outputs (read by q/k/v, gate/up)
+    # two norms + their outputs read by q/k/v and by gate/up (one tensor each when x == c)
+    norms = 2 * (_norm_saved(t, h, c, x, rms=True) + c * t * h)
+    if x != c:
+        # mixed precision: the normalized value stays fp32 (x bytes), and autocast casts the
+        # fp32 norm output to bf16 once per consuming linear: 3 copies (q, k, v) + 2 (gate, up)
+        norms += 2 * (x - c) * t * h + 3 * c * t * h
     attn = (
         c * t * h  # q after RoPE (saved by SDPA)
         + 2 * c * t * kv  # k after RoPE and v (saved by SDPA; GQA keeps kv heads only)
@@ -77,6 +82,8 @@ def _llama_block(p: ModelProfile, t: int, c: int, x: int, rank_extra: int) -> in
         + 4 * t * nh  # SDPA logsumexp, fp32, one per head and token (flash / memory-efficient kernels)
     )
     mlp = 4 * c * t * i  # gate out (saved by SiLU), SiLU out and up out (saved by the product), product (down_proj input)
+    if x != c:  # autocast's bf16 copies of the block's linear weights, saved by the matmuls
+        mlp += c * (2 * h * h + 2 * h * kv + 3 * h * i)
     return norms + attn + mlp + rank_extra
 
 
@@ -116,7 +123,10 @@ def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_r
         + 8  # the loss and the loss's total weight (fp32 scalars)
     )
     if p.family == "llama":
-        outside += 2 * c * seq * p.head_dim  # RoPE cos and sin (1, seq, hs), shared by all blocks
+        # RoPE cos and sin (1, seq, hs), shared by all blocks, in the residual stream's dtype
+        outside += 2 * x * seq * p.head_dim
+        if x != c:  # mixed: the final normalized value stays fp32; autocast's bf16 copy of the head weight
+            outside += (x - c) * t * h + c * V * h
     inputs = 2 * 8 * t  # input_ids and labels (int64), held by the training loop
     logits = c * t * V
     # while the loss runs: the logits and, in bf16 / mixed, their fp32 upcast (log_softmax's output is saved)
