@@ -51,6 +51,14 @@ def test_estimate_matches_the_fake_step(method, layerwise, checkpointing):
     check(v)
 
 
+@pytest.mark.parametrize("method,layerwise,checkpointing", [("adamw", False, False), ("galore", True, False),
+                                                             ("lora", False, False), ("adamw", False, True)])
+def test_estimate_matches_the_fake_step_in_mixed_precision(method, layerwise, checkpointing):
+    v = validate(ValidateConfig(model=TINY, method=method, rank=16, precision="mixed", batch_size=2, seq_len=32,
+                                device="fake", layerwise=layerwise, checkpointing=checkpointing))
+    check(v)
+
+
 @pytest.mark.parametrize("method", ["adamw", "galore", "lora"])
 def test_estimate_matches_the_real_cpu_step(method):
     v = validate(ValidateConfig(model=TINY, method=method, rank=16, precision="fp32", batch_size=2, seq_len=32,
