@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .base import LowRankOptimizer
-from .quant8bit import adam8bit_direction, init_moment
+from .quant8bit import BLOCK_SIZE, adam8bit_direction, init_moment, n_blocks
 
 
 class GaLoreAdamW(LowRankOptimizer):
@@ -59,13 +59,39 @@ class EightBitMoments:
         return adam8bit_direction(state, R, beta1, beta2, group["eps"], step), group["lr"]
 
     def _dense_step(self, p, grad, state, group, step: int) -> None:
-        direction, lr = self._subspace_direction(grad, state, group, step)
-        work = p if p.dtype == torch.float32 else p.float()
-        if group["weight_decay"] > 0.0:
-            work.mul_(1.0 - lr * group["weight_decay"])
-        work.add_(direction, alpha=-lr)
-        if work is not p:
-            p.copy_(work)
+        if "exp_avg" not in state:
+            init_moment(state, "exp_avg", p, signed=True)
+            init_moment(state, "exp_avg_sq", p, signed=False)
+        # 8-bit moments of large tensors are updated CHUNK elements at a time (whole blocks),
+        # so the fp32 temporaries are a few chunk-sized buffers, not several copies of the tensor
+        chunked = state["exp_avg"].dtype == torch.uint8 and p.is_contiguous() and p.numel() > CHUNK
+        starts = range(0, p.numel(), CHUNK) if chunked else [0]
+        for start in starts:
+            sub = _chunk(state, start, CHUNK) if chunked else state
+            end = start + CHUNK if chunked else p.numel()
+            p_part = p.view(-1)[start:end] if chunked else p
+            g_part = grad.reshape(-1)[start:end] if chunked else grad
+            direction, lr = self._subspace_direction(g_part, sub, group, step)
+            work = p_part if p.dtype == torch.float32 else p_part.float()
+            if group["weight_decay"] > 0.0:
+                work.mul_(1.0 - lr * group["weight_decay"])
+            work.add_(direction, alpha=-lr)
+            if work is not p_part:
+                p_part.copy_(work)
+
+
+CHUNK = 1 << 20  # elements per chunk of a dense 8-bit update (a multiple of the 256-element block)
+
+
+def _chunk(state: dict, start: int, size: int) -> dict:
+    """Views of the 8-bit moments for elements ``[start, start + size)`` (block aligned)."""
+    first = start // BLOCK_SIZE
+    sub = {}
+    for key in ("exp_avg", "exp_avg_sq"):
+        sub[key] = state[key].view(-1)[start:start + size]
+        sub[key + "_absmax"] = state[key + "_absmax"][first:first + n_blocks(sub[key].numel())]
+        sub[key + "_qmap"] = state[key + "_qmap"]
+    return sub
 
 
 class GaLoreAdamW8bit(EightBitMoments, GaLoreAdamW):
