@@ -65,7 +65,10 @@ def check_finite(grad: torch.Tensor, name: str) -> None:
     """Raise ``ValueError`` naming the parameter if ``grad`` holds NaN or inf."""
     if is_fake(grad):
         return
-    if not bool(torch.isfinite(grad).all()):
+    # a sum is one reduction with no full-size temporary (isfinite(grad) allocates |grad| and
+    # masks); inf and NaN propagate into it. Only if the sum is not finite (non-finite entries,
+    # or a rare overflow of finite ones) do we pay for the exact elementwise check.
+    if not bool(torch.isfinite(grad.sum())) and not bool(torch.isfinite(grad).all()):
         raise ValueError(
             f"Non-finite gradient (NaN or inf) for parameter '{name}'; refusing to update it. "
             "Check the loss scale / learning rate, or skip this step (e.g. with a GradScaler).")
