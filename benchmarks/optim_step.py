@@ -6,22 +6,24 @@ peak of memory allocated *during* the step (above what existed before it:
 temporaries, SVD/QR workspaces), measured from the allocator events of
 ``torch.profiler`` (profile_memory=True). State bytes come from
 ``optimizer_state_bytes``. Gradients are fixed random tensors (no forward or
-backward), so only the optimizer is timed.
+backward), so only the optimizer is timed. Times are the best of the repeats
+(the least disturbed on a shared machine); ours and galore-torch's GaLore are
+each measured twice.
 
 Targets (printed as PASS/FAIL): our GaLoreAdamW no slower and no larger at peak
 than galore-torch; a GoLore refresh at least 3x cheaper than a GaLore SVD refresh
 at rank 128 (refresh cost = refresh step time - ordinary step time).
 
-    python benchmarks/optim_step.py [--model llama-60m] [--rank 128] [--repeats 3]
+    python benchmarks/optim_step.py [--model llama-60m] [--rank 128] [--repeats 3] [--threads 1]
 
 Writes benchmarks/results/optim_step.json.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
-import statistics
 import time
 import warnings
 from pathlib import Path
@@ -85,7 +87,8 @@ def bench(model, make_opt, repeats: int) -> dict:
         step()
         (refresh if is_refresh else normal).append(time.perf_counter() - start)
     state = optimizer_state_bytes(opt) if not hasattr(opt, "_galore_torch") else None
-    return {"normal_step_s": statistics.median(normal), "refresh_step_s": statistics.median(refresh),
+    # best of N: on a shared CPU the minimum is the least disturbed measurement
+    return {"normal_step_s": min(normal), "refresh_step_s": min(refresh),
             "peak_step_bytes": peak_normal, "peak_refresh_bytes": peak_refresh, "state": state}
 
 
@@ -95,20 +98,24 @@ def main(argv=None):
     ap.add_argument("--rank", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3, help="refresh cycles timed (>= 3)")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="intra-op threads (default 1: on a shared 2-core box more threads stall)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model(args.model, dtype=torch.float32)
     rows = []
     runs = [(m, "memplan", lambda mdl, m=m: build_optimizer(mdl, m, rank=args.rank, update_gap=GAP,
                                                             total_steps=10_000)) for m in args.methods.split(",")]
-    try:
-        import galore_torch  # noqa: F401
-        runs.insert(runs.index(next(r for r in runs if r[0] == "galore")) + 1,
-                    ("galore", "galore-torch", lambda mdl: _galore_torch(mdl, args.rank)))
-    except (ImportError, StopIteration):
-        pass
+    if importlib.util.find_spec("galore_torch") and any(r[0] == "galore" for r in runs):
+        at = next(i for i, r in enumerate(runs) if r[0] == "galore") + 1
+        runs.insert(at, ("galore", "galore-torch", lambda mdl: _galore_torch(mdl, args.rank)))
     for method, impl, make in runs:
         r = bench(model, make, max(args.repeats, 3))
+        if method == "galore":  # the compared pair: a second round each, so both see the same load
+            again = bench(model, make, max(args.repeats, 3))
+            for key in ("normal_step_s", "refresh_step_s"):
+                r[key] = min(r[key], again[key])
         if impl == "galore-torch":
             r["state"] = None  # its projector objects are not tensors in state
         r.update(method=method, impl=impl, refresh_cost_s=r["refresh_step_s"] - r["normal_step_s"])

@@ -154,5 +154,5 @@ class SUMO(LowRankOptimizer):
             p.mul_(1.0 - lr * wd)
         state["exp_avg"].lerp_(grad, 1.0 - beta1)
         state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1.0 - beta2 ** step)).add_(group["eps"])
+        denom = state["exp_avg_sq"].sqrt().div_(math.sqrt(1.0 - beta2 ** step)).add_(group["eps"])  # one temp
         p.addcdiv_(state["exp_avg"], denom, value=-lr / (1.0 - beta1 ** step))
