@@ -57,7 +57,7 @@ def summary_table(rows) -> str:
                       fmt(r["activations"], True), fmt(r["temporaries"], True), fmt(r["peak"], True),
                       f"{r['phase_match']}/{r['points']}"])
     return tabulate(table, headers=["method", "passed", "params B", "grads B", "states B", "proj B",
-                                    "activations", "temporaries", "peak", "peak phase"], disable_numparse=True)
+                                    "activations (%peak)", "temporaries (%peak)", "peak", "peak phase"], disable_numparse=True)
 
 
 @click.command("validate", context_settings=CONTEXT_SETTINGS)

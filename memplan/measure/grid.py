@@ -81,7 +81,13 @@ def _cfg_dict(cfg):
 
 
 def summarize(results) -> list[dict]:
-    """Per method: worst and median |relative error| per category and of the peak, pass count."""
+    """Per method: worst and median error per category and of the peak, and pass counts.
+
+    The exact categories are in bytes (|estimate - measured|). Activations and
+    temporaries are given as a share of the measured peak (a relative error of a
+    category that holds a few bytes at the peak says nothing), the peak relative
+    to itself.
+    """
     rows = []
     by_method: dict[str, list] = {}
     for r in results:
@@ -90,14 +96,21 @@ def summarize(results) -> list[dict]:
         ok = [r for r in rs if r["error"]]
         row = {"method": method, "points": len(rs), "passed": sum(r["passed"] for r in rs)}
         for c in (*EXACT, "activations", "temporaries"):
-            errs = [abs(r["error"]["categories"][c]["bytes"]) for r in ok] if c in EXACT else \
-                [abs(r["error"]["categories"][c]["relative"]) for r in ok]
-            row[c] = (max(errs), statistics.median(errs)) if errs else (None, None)
+            if c in EXACT:
+                errs = [abs(r["error"]["categories"][c]["bytes"]) for r in ok]
+            else:
+                errs = [abs(r["error"]["categories"][c]["bytes"]) / max(1, r["measured"]["peak_bytes"]) for r in ok]
+            row[c] = (max(errs), _median(errs, c in EXACT)) if errs else (None, None)
         peaks = [abs(r["error"]["peak"]["relative"]) for r in ok]
-        row["peak"] = (max(peaks), statistics.median(peaks)) if peaks else (None, None)
+        row["peak"] = (max(peaks), _median(peaks, False)) if peaks else (None, None)
         row["phase_match"] = sum(r["error"]["peak_phase_match"] for r in ok)
         rows.append(row)
     return rows
+
+
+def _median(values, integer):
+    m = statistics.median(values)
+    return int(m) if integer else m
 
 
 __all__ = ["grid", "run_grid", "summarize", "ALL_METHODS", "RANKS", "replace"]
