@@ -98,10 +98,20 @@ def gradnormlorp8bit_state(t: Shape, r: int, s: int) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- transients
 # Bytes alive, beyond state and gradient, while one tensor is stepped (the largest
-# tensor sets the phase's temporaries), and during a projection refresh.
+# tensor sets the phase's temporaries), and during a projection refresh. Each rule is
+# what the bundled optimizer (memplan/optim/) allocates, measured tensor by tensor by
+# benchmarks/validate_step_temps.py; `up` is the fp32 upcast of a non-fp32 input.
+
+def _up(numel: int, s: int) -> int:
+    return 0 if s == 4 else 4 * numel  # an fp32 copy of a bf16 input
+
 
 def adamw_step_temp(t: Shape, r: int, s: int) -> int:
-    return 2 * t.numel * s  # denom: sqrt(exp_avg_sq) then the division by the bias correction
+    return 2 * t.numel * s  # torch.optim.AdamW (single tensor): sqrt(exp_avg_sq), then its division
+
+
+def dense_adam_temp(t: Shape, r: int, s: int) -> int:
+    return t.numel * s  # the bundled dense AdamW: one denominator, the update applied by addcdiv_
 
 
 def no_temp(t: Shape, r: int, s: int) -> int:
@@ -109,44 +119,65 @@ def no_temp(t: Shape, r: int, s: int) -> int:
 
 
 def adafactor_step_temp(t: Shape, r: int, s: int) -> int:
-    return 2 * t.numel * 4  # fp32 grad**2 and the fp32 update
+    # fp32 grad**2 and the fp32 update, row and column means (+ a 0-d scalar), the fp32 grad
+    return 2 * t.numel * 4 + ((t.m + t.n) * 4 + 4 if t.matrix else 4) + _up(t.numel, s)
+
+
+QUANT_BOUNDARIES = 255 * 4  # midpoints between the 256 entries of a quantization map (fp32), for bucketize
+
+
+def adam8_direction_temp(numel: int, s: int) -> int:
+    """The 8-bit Adam direction of a tensor of `numel` elements (memplan/optim/quant8bit.py)."""
+    from memplan.quant import quantized
+
+    if not quantized(numel):  # fp32 moments: the fp32 denominator and direction
+        return 2 * numel * 4 + _up(numel, s)
+    # both moments dequantized, updated, re-quantized (codes and absmax recomputed), fp32 direction
+    return 7 * numel * 4 + QUANT_BOUNDARIES + _up(numel, s)
+
+
+DENSE_8BIT_CHUNK = 1 << 20  # elements per chunk of the bundled dense 8-bit update (memplan/optim/galore.py)
 
 
 def adam8bit_step_temp(t: Shape, r: int, s: int) -> int:
-    return 3 * t.numel * 4  # both moments dequantized to fp32 + the fp32 update
+    if t.numel <= DENSE_8BIT_CHUNK:
+        return adam8_direction_temp(t.numel, s)
+    # chunked: the direction of one chunk, plus the chunk's fp32 weight slice and views
+    c = DENSE_8BIT_CHUNK
+    return 8 * c * 4 + QUANT_BOUNDARIES + (2 * _up(c, s))
 
 
 def galore_step_temp(t: Shape, r: int, s: int) -> int:
     if not t.projected:
-        return adamw_step_temp(t, r, s)
-    # projected gradient R, denom, low-rank update (each r x K), and the full-size update P^T N
-    return 3 * r * t.K * s + t.numel * s
+        return dense_adam_temp(t, r, s)
+    # projected gradient R, denominator, low-rank direction (each r x K); the projected-back update
+    # is added to W by one addmm_, with no m x n temporary
+    return 3 * r * t.K * s
 
 
 def galore8bit_step_temp(t: Shape, r: int, s: int) -> int:
     if not t.projected:
         return adam8bit_step_temp(t, r, s)
-    return 3 * r * t.K * 4 + r * t.K * s + t.numel * s  # dequantized moments + update (fp32), R, back-projection
+    return r * t.K * s + adam8_direction_temp(r * t.K, s)  # R, then its 8-bit Adam direction
 
 
 def sumo_step_temp(t: Shape, r: int, s: int) -> int:
     if not t.projected:
-        return adamw_step_temp(t, r, s)
-    # G_hat (r x k), O (r x k) + its SVD factors (fp32), Q O and G - Q G_hat (full size)
-    return 2 * r * t.k * s + 4 * (r * r + r + r * t.k) + 2 * t.numel * s
+        return dense_adam_temp(t, r, s)
+    # G_hat (r x k, grad dtype); fp32: the moment's SVD factors U (r x r), S (r), Vh (r x k) and O
+    return r * t.k * s + 4 * (2 * r * t.k + r * r + r)
 
 
 def gradnormlorp_step_temp(t: Shape, r: int, s: int) -> int:
     if not t.projected:
-        return adamw_step_temp(t, r, s)
-    # dL/dV (full size) on top of GaLore's step, and the row norms
-    return galore_step_temp(t, r, s) + t.numel * s + 2 * t.m * 4
+        return dense_adam_temp(t, r, s)
+    return galore_step_temp(t, r, s) + 4 * t.m * s  # + row norms, dL/dg and its Adam direction (m each)
 
 
 def gradnormlorp8bit_step_temp(t: Shape, r: int, s: int) -> int:
     if not t.projected:
         return adam8bit_step_temp(t, r, s)
-    return galore8bit_step_temp(t, r, s) + t.numel * s + 2 * t.m * 4
+    return galore8bit_step_temp(t, r, s) + 4 * t.m * s
 
 
 def svd_refresh_temp(t: Shape, r: int, s: int) -> int:
