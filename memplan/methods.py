@@ -181,8 +181,14 @@ def gradnormlorp8bit_step_temp(t: Shape, r: int, s: int) -> int:
 
 
 def svd_refresh_temp(t: Shape, r: int, s: int) -> int:
-    # torch.linalg.svd(G.float(), full_matrices=False): fp32 copy of G, U (m x k), S (k), Vh (k x n)
-    return 4 * (t.numel + t.m * t.k + t.k + t.k * t.n)
+    # torch.linalg.svd(G.float(), full_matrices=False): U (m x k), S (k), Vh (k x n), and the
+    # fp32 copy of G when the gradient is not fp32 already
+    return _up(t.numel, s) + 4 * (t.m * t.k + t.k + t.k * t.n)
+
+
+def gradnormlorp_refresh_temp(t: Shape, r: int, s: int) -> int:
+    # the SVD is taken of dL/dV, built once as an fp32 m x n buffer (in place of GaLore's fp32 copy of G)
+    return 4 * t.numel + 4 * (t.m * t.k + t.k + t.k * t.n)
 
 
 def random_refresh_temp(t: Shape, r: int, s: int) -> int:
@@ -247,10 +253,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            sumo_state, sumo_step_temp, randomized_svd_refresh_temp, uses_rank=True),
     Method("gradnormlorp", "GradNormLoRP: weight-normalized weights, low-rank projected direction updates.",
            "Huang et al., Gradient Weight-normalized Low-rank Projection (AAAI 2025)",
-           gradnormlorp_state, gradnormlorp_step_temp, svd_refresh_temp, uses_rank=True),
+           gradnormlorp_state, gradnormlorp_step_temp, gradnormlorp_refresh_temp, uses_rank=True),
     Method("gradnormlorp8bit", "GradNormLoRP with block-wise 8-bit low-rank moments.",
            "Huang et al., Gradient Weight-normalized Low-rank Projection (AAAI 2025)",
-           gradnormlorp8bit_state, gradnormlorp8bit_step_temp, svd_refresh_temp, eightbit=True, uses_rank=True),
+           gradnormlorp8bit_state, gradnormlorp8bit_step_temp, gradnormlorp_refresh_temp, eightbit=True,
+           uses_rank=True),
 ]}
 
 

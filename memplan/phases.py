@@ -94,8 +94,13 @@ def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
         step = _phase(t, 0, a.inputs, 0)
     else:
         step = _phase(t, t.gradients, a.inputs, t.step_temp)
-    stepping = backward if t.layerwise else step  # the phase in which optimizer steps run
-    refresh = dict(stepping)
-    if t.refresh_temp is not None:
-        refresh["temporaries"] = max(stepping["temporaries"], t.refresh_temp)
+    if t.refresh_temp is None:
+        refresh = dict(backward if t.layerwise else step)
+    elif t.layerwise:
+        # the refresh runs inside backward, at any of its moments: the largest of them with the
+        # refresh transients on top (a max over moments, so it grows with batch and sequence)
+        refresh = max(({**c, "temporaries": max(c["temporaries"], t.refresh_temp)} for c in candidates + [backward]),
+                      key=_total)
+    else:
+        refresh = {**step, "temporaries": max(step["temporaries"], t.refresh_temp)}
     return {"forward": forward, "backward": backward, "optimizer_step": step, "refresh_step": refresh}
