@@ -2,8 +2,8 @@
 
 A parameter is projected when it is 2-D, named ``<module>.weight``, and the
 module path ends with one of the target modules at a dot boundary
-(``is_target``). The defaults per architecture family are the estimator's
-(``memplan/inventory.py``); keep the two tables identical.
+(``is_target``). The defaults per architecture family and the rule itself are
+the estimator's (``memplan/inventory.py``), imported here.
 """
 from __future__ import annotations
 
@@ -11,21 +11,9 @@ from collections.abc import Iterable
 
 import torch
 
-DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "bert": ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"),
-    "opt": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
-    "gpt2": ("c_attn", "c_proj", "c_fc"),
-}
-
-# HF config.model_type -> family, for models that carry a config
-_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "bert": "bert", "roberta": "bert",
-                "opt": "opt", "gpt2": "gpt2"}
-
-
-def is_target(module_path: str, targets: Iterable[str]) -> bool:
-    """True when ``module_path`` ends with one of ``targets`` at a dot boundary."""
-    return any(module_path == t or module_path.endswith("." + t) for t in targets)
+# one table and one matching rule for the estimator and the optimizers
+from memplan.inventory import DEFAULT_TARGET_MODULES, is_target
+from memplan.profiles import FAMILIES as _MODEL_TYPES  # HF model_type -> family
 
 
 def infer_family(model: torch.nn.Module) -> str:
