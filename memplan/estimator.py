@@ -240,7 +240,7 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     adapters = 2 * _adapted_per_block(c.model, targets) if method.adapter else 0
     acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapters // 2)
     terms = StepTerms(params, grads, first_grad, first_step_temp, largest_grad, states, projs, step_temp, refresh_temp,
-                      c.layerwise, c.checkpointing)
+                      c.layerwise, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other)
     phases = compose(terms, acts)
     peak = max(sum(p.values()) for p in phases.values())
     overhead = CUDA_CONTEXT_BYTES + int(peak * FRAGMENTATION)

@@ -41,6 +41,7 @@ class StepTerms:
     refresh_temp: int | None  # transients of one projection refresh; None without refresh
     layerwise: bool
     checkpointing: bool
+    frozen_non_target: bool = False  # adapters trained alone: embeddings, norms and head frozen
 
 
 def _phase(t: StepTerms, gradients: int, activations: int, temporaries: int) -> dict[str, int]:
@@ -59,10 +60,7 @@ def _total(phase: dict[str, int]) -> int:
 
 
 def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
-    # the head is frozen only for adapters trained without their non-target parameters
-    # (LoRA fine-tuning); then embeddings and norms are frozen too
-    frozen = t.first_gradient == 0
-    saved = a.saved(t.checkpointing, frozen_outside=frozen)
+    saved = a.saved(t.checkpointing, frozen_outside=t.frozen_non_target)
     after_loss = saved - a.loss_saved  # the loss's backward released the log-softmax output
     forward = _phase(t, 0, saved, a.loss_fwd_transient)  # while the loss runs
 

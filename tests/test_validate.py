@@ -15,21 +15,6 @@ from memplan.profiles import load_model  # noqa: E402
 TINY = dataclasses.replace(load_model("llama-60m"), name="tiny-gqa", hidden_size=64, intermediate_size=176,
                            num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, vocab_size=32000)
 
-
-
-def step_temporaries_gap(v) -> bool:
-    """The miss is in the optimizer step's scratch tensors only: the forward agrees and the
-    peak phase differs (almost) only in temporaries. Those come from the bundled optimizers'
-    code and memplan/methods.py's step rules (owned elsewhere; reported), not from the
-    activation and phase model this validates."""
-    e, m = v.estimate["phases"], v.measured["phases"]
-    if abs(e["forward"]["total"] - m["forward"]["total"]) > 0.03 * m["forward"]["total"]:
-        return False
-    ph = v.measured["peak_phase"]
-    total = e[ph]["total"] - m[ph]["total"]
-    temps = e[ph]["temporaries"] - m[ph]["temporaries"]
-    return temps * total > 0 and abs(temps) >= 0.9 * abs(total)
-
 POINTS = [(m, lw, ck) for m in ALL_METHODS for lw, ck in ((False, False), (True, True))]
 POINTS += [("galore", False, True), ("galore", True, False), ("lora", True, False)]
 
@@ -37,8 +22,6 @@ POINTS += [("galore", False, True), ("galore", True, False), ("lora", True, Fals
 def check(v):
     for c in EXACT:
         assert v.error["categories"][c]["bytes"] == 0, (c, v.estimate["categories"][c], v.measured["categories"][c])
-    if not v.passed and step_temporaries_gap(v):
-        pytest.xfail(f"optimizer step temporaries of {v.config.method}: {v.failures}")
     assert v.passed, v.failures
     assert abs(v.error["peak"]["relative"]) <= 0.03
     assert v.error["peak_phase_match"]
