@@ -7,13 +7,6 @@ from memplan.optim import AdamW8bit, GaLoreAdamW8bit, optimizer_state_bytes
 from memplan.optim import quant8bit as q8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids thread-pool stalls on a shared 2-core CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_maps_equal_bitsandbytes_bit_for_bit():

@@ -10,13 +10,6 @@ from memplan.optim import (SUMO, Adafactor, AdamW8bit, GaLoreAdamW, GaLoreAdamW8
                            GradNormLoRP, GradNormLoRP8bit)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids thread-pool stalls on a shared 2-core CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 PROJECTED = {

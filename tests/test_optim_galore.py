@@ -8,13 +8,6 @@ from memplan.optim import GaLoreAdamW
 from memplan.optim.projector import choose_side, project, svd_projector
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids thread-pool stalls on a shared 2-core CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _pair(shape, proj_type, wd, seed=0):

@@ -6,13 +6,6 @@ from memplan.optim import GoLoreAdamW, GoLoreSGD
 from memplan.optim.projector import random_projector, random_stiefel, transport
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids thread-pool stalls on a shared 2-core CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _counterexample(golore_fraction, steps=2000, T=50, lr=0.01, seed=0):

@@ -7,13 +7,6 @@ from memplan.optim import GradNormLoRP, GradNormLoRP8bit, weight_norm_grads
 from memplan.optim.gradnormlorp import _row_dot
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids thread-pool stalls on a shared 2-core CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("same_norm", [True, False], ids=["g=||V||", "general-g"])

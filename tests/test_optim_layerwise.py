@@ -14,13 +14,6 @@ CFG = SimpleNamespace(name="tiny", hidden_size=64, intermediate_size=160, num_at
                       num_key_value_heads=2, num_hidden_layers=2, vocab_size=128)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids thread-pool stalls on a shared 2-core CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(seed=0):

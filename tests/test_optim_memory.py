@@ -13,13 +13,6 @@ METHODS = ["adamw", "sgd", "adafactor", "adam8bit", "galore", "galore8bit", "gol
            "gradnormlorp8bit"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids thread-pool stalls on a shared 2-core CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

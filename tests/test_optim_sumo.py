@@ -9,13 +9,6 @@ from memplan.optim.projector import randomized_range
 from memplan.optim.sumo import orthogonalize_newton_schulz, orthogonalize_svd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids thread-pool stalls on a shared 2-core CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _opt(p, **kw):

@@ -11,13 +11,6 @@ from memplan.optim import (DEFAULT_TARGET_MODULES, METHODS, build_optimizer, inf
                            projected_param_groups)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids thread-pool stalls on a shared 2-core CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 CFG = SimpleNamespace(name="tiny", hidden_size=48, intermediate_size=128, num_attention_heads=4,

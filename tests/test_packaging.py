@@ -4,7 +4,6 @@ profiles (and the app) ship with the package."""
 import json
 import os
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
