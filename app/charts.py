@@ -12,7 +12,7 @@ import math
 import plotly.graph_objects as go
 
 from memplan import CATEGORIES
-from memplan.units import GiB
+from memplan.units import gib
 
 CATEGORY_COLORS = {
     "parameters": "#4C78A8",  # blue
@@ -47,9 +47,6 @@ GIB_AXIS = "Memory (GiB)"
 
 assert set(CATEGORY_COLORS) == set(CATEGORIES), "one colour per memory category"
 
-
-def gib(n_bytes) -> float:
-    return n_bytes / GiB
 
 
 def _layout(fig: go.Figure, *, title: str, height: int = 460, **axes) -> go.Figure:

@@ -12,7 +12,7 @@ and an estimate applies each method's rule to a handful of shape groups.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 from memplan.activations import activations
@@ -118,6 +118,7 @@ def _tensors(model: ModelProfile, targets, method: Method, rank: int, train_othe
     return tuple(out)
 
 
+@lru_cache(maxsize=512)
 def _adapted_per_block(model: ModelProfile, targets) -> int:
     return sum(1 for s in _inventory(model, targets) if s.projected) // model.num_hidden_layers
 
@@ -150,7 +151,6 @@ class Estimate:
     parameter_count: int
     trainable_count: int
     gpu: GPUProfile | None = None
-    _peak: tuple = field(default=(), repr=False)
 
     @property
     def peak_phase(self) -> str:
@@ -237,8 +237,8 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     if any_quantized:
         states += QMAP_BYTES  # shared quantization maps, once
 
-    adapters = 2 * _adapted_per_block(c.model, targets) if method.adapter else 0
-    acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapters // 2)
+    adapted = _adapted_per_block(c.model, targets) if method.adapter else 0
+    acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapted)
     terms = StepTerms(params, grads, first_grad, first_step_temp, largest_grad, states, projs, step_temp, refresh_temp,
                       c.layerwise, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other)
     phases = compose(terms, acts)

@@ -308,10 +308,6 @@ def load_gpus(gpu_file: "str | os.PathLike | None" = None) -> dict[str, GPUProfi
     return gpus
 
 
-def gpu_names(gpu_file=None) -> list[str]:
-    return list(load_gpus(gpu_file))
-
-
 def load_gpu(spec: "str | GPUProfile", gpu_file=None) -> GPUProfile:
     """A GPU profile by id (case-insensitive, '_' or ' ' accepted for '-')."""
     if isinstance(spec, GPUProfile):

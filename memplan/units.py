@@ -11,21 +11,6 @@ def gib(n_bytes: int | float) -> float:
     return n_bytes / GiB
 
 
-def fmt_gib(n_bytes: int | float, digits: int = 2) -> str:
-    return f"{n_bytes / GiB:.{digits}f}"
-
-
-def fmt_bytes(n_bytes: int | float) -> str:
-    """Human-readable binary size: '512 B', '3.0 MiB', '12.55 GiB'."""
-    n = float(n_bytes)
-    sign = "-" if n < 0 else ""
-    n = abs(n)
-    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{sign}{n / size:.2f} {unit}"
-    return f"{sign}{int(n)} B"
-
-
 def fmt_count(n: int) -> str:
     """6738415616 -> '6.74B'; 58073088 -> '58.1M'."""
     for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
