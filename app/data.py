@@ -116,5 +116,13 @@ def hardware(model: ModelProfile, method: str, opts: dict, counts: tuple[int, ..
     return rows, never
 
 
+@st.cache_data(show_spinner=False, max_entries=128)
+def advice(model: ModelProfile, method: str, gpu: str, opts: dict) -> dict:
+    """`memplan.advisor.advise`: the changes that make the run fit (or leave room when it fits tightly)."""
+    from memplan.advisor import advise
+
+    return advise(model, gpu, method, **opts).to_dict()
+
+
 def capacity(gid: str) -> int:
     return capacity_bytes(load_gpus()[gid])

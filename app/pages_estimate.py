@@ -18,6 +18,27 @@ def verdict_text(fit, gpu_name: str) -> str:
             f"{fit.capacity_bytes / GiB:.2f} GiB, {-fit.headroom_bytes / GiB:.2f} GiB short.")
 
 
+def advice_markdown(advice: dict, shown: int = 4) -> str:
+    """The advisor's answer under the verdict: the best single changes (or pairs), headroom and cost."""
+    if advice["status"] == "fits":
+        return ""
+    options, head = advice["single"], "Single changes that make it fit"
+    if advice["status"] == "tight":
+        head = f"Fits tightly (under {advice['goal_headroom_bytes'] / GiB:.2f} GiB free). Changes that leave room"
+    if not options or advice["pairs"]:
+        options, head = options + advice["pairs"], head + (", or pairs of changes" if options else
+                                                           ": no single change is enough; the best pairs")
+    if not options:
+        return "No single change or pair of changes is enough: see the Hardware page for larger GPUs."
+    lines = [f"**{head}** (`memplan advise`):"]
+    for o in options[:shown]:
+        cost = "; ".join(f"{c['cost']} ({c['source']})" for c in o["changes"])
+        lines.append(f"- `{o['label']}`: {o['headroom_bytes'] / GiB:+.2f} GiB headroom. {cost}")
+    if len(options) > shown:
+        lines.append(f"- … {len(options) - shown} more with `memplan advise`.")
+    return "\n".join(lines)
+
+
 def breakdown_table(est) -> pd.DataFrame:
     """Categories (rows) by phase (columns) in GiB, the peak phase's device total last."""
     rows = []
@@ -63,8 +84,9 @@ def render() -> None:
     st.caption(f"{run.precision}, batch {run.batch_size} × {run.seq_len} tokens"
                + (", per-layer update" if run.layerwise else "") + (", checkpointing" if run.checkpointing else "")
                + f" · {est.parameter_count / 1e9:.2f} B parameters, {est.trainable_count / 1e9:.2f} B trainable")
-    (st.success if fit.fits else st.error)(verdict_text(fit, g.name), icon=":material/check_circle:"
-                                           if fit.fits else ":material/cancel:")
+    advice = advice_markdown(state.shown(data.advice, run.model, run.method, run.gpu, run.options()))
+    (st.success if fit.fits else st.error)(verdict_text(fit, g.name) + (f"\n\n{advice}" if advice else ""),
+                                           icon=":material/check_circle:" if fit.fits else ":material/cancel:")
 
     c = st.columns(4)
     c[0].metric("Peak memory (device total)", f"{est.device_total_bytes / GiB:.2f} GiB",

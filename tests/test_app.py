@@ -13,6 +13,7 @@ pytest.importorskip("plotly")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import memplan  # noqa: E402
+import memplan.advisor  # noqa: E402
 from memplan import CATEGORIES  # noqa: E402
 from memplan.app import charts, report  # noqa: E402
 from memplan.app.pages_estimate import verdict_text  # noqa: E402
@@ -100,7 +101,7 @@ def check_estimate_page(app: AppTest, est, gpu: str) -> None:
     assert f"{fit.capacity_bytes / GiB:.2f} GiB" in shown.values()
     assert shown["Headroom" if fit.fits else "Shortfall"] == f"{abs(fit.headroom_bytes) / GiB:.2f} GiB"
     verdicts = [e.value for e in (app.success if fit.fits else app.error)]
-    assert verdict_text(fit, fit.gpu.name) in verdicts
+    assert any(v.startswith(verdict_text(fit, fit.gpu.name)) for v in verdicts)
     table = frame(app, "category")
     for cat in CATEGORIES:
         row = table[table["category"] == charts.CATEGORY_LABELS[cat].split(" (")[0]].iloc[0]
@@ -134,6 +135,15 @@ def test_does_not_fit_verdict_and_shortfall(at):
     assert not est.fit("a100-80gb").fits
     check_estimate_page(at, est, "a100-80gb")
     assert any(e.value.startswith("Does not fit on") for e in at.error)
+
+
+def test_verdict_box_shows_the_advisors_changes(at):
+    set_run(at, model="llama-7b", method="golore", rank=128, layerwise=False, checkpointing=False, gpu="rtx-4090")
+    advice = memplan.advisor.advise("llama-7b", "rtx-4090", "golore", rank=128)
+    box = next(e.value for e in at.error if e.value.startswith("Does not fit on"))
+    assert "memplan advise" in box
+    for o in (advice.single + advice.pairs)[:4]:
+        assert f"`{o.label}`: {o.headroom_bytes / GiB:+.2f} GiB headroom" in box
 
 
 def test_rank_is_disabled_for_methods_without_one(at):
