@@ -114,43 +114,10 @@ def _estimate_for_snapshot():
 
 
 def snapshot_section() -> None:
-    st.markdown("### CUDA memory snapshot")
-    st.caption("A snapshot from `torch.cuda.memory._dump_snapshot(...)`. It is read by memplan.measure's "
-               "restricted unpickler, which refuses every import: no code in the file is executed.")
-    why = report.snapshot_support()
-    if why:
-        st.info(why)
-        return
-    up = st.file_uploader("CUDA memory snapshot (.pickle)", type=["pickle", "pkl"], key="val_snapshot")
-    if up is None:
-        return
-    try:
-        summary = report.read_snapshot(up.getvalue())
-    except Exception as e:  # an untrusted upload: any failure is one message, never a traceback
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        st.error(f"Could not read '{up.name}' as a CUDA memory snapshot: {reason}")
-        return
+    from memplan.app import snapshot_view
+
     est, label = _estimate_for_snapshot()
-    c = st.columns(4)
-    c[0].metric("Peak allocated (trace)", f"{summary['trace_peak_allocated'] / GiB:.2f} GiB",
-                help="Replayed from the allocator's trace: the most the tensors held at once.")
-    c[1].metric("Allocated at the dump", f"{summary['allocated'] / GiB:.2f} GiB")
-    c[2].metric("Reserved at the dump", f"{summary['reserved'] / GiB:.2f} GiB",
-                help="Segments the caching allocator holds, used or not.")
-    if est is not None:
-        c[3].metric(f"Estimate ({label})", f"{est.peak_bytes / GiB:.2f} GiB",
-                    delta=f"{(est.peak_bytes - summary['trace_peak_allocated']) / GiB:+.2f} GiB vs trace",
-                    delta_color="off", help="The sidebar's run: allocated peak, from the estimator.")
-    cats = summary.get("categories")
-    if cats:
-        st.plotly_chart(charts.category_bar(cats, f"{up.name}: by category"), width="stretch")
-    else:
-        st.caption("This memplan.measure reports the snapshot's totals; a per-category split of a snapshot "
-                   "is not available from it yet.")
-    rows = [{"quantity": k, "bytes": int(v)} for k, v in summary.items() if k != "categories"]
-    rows += [{"quantity": f"category:{c}", "bytes": int(b)} for c, b in (cats or {}).items()]
-    st.download_button("Download the snapshot summary (CSV, bytes)", pd.DataFrame(rows).to_csv(index=False),
-                       "memplan_snapshot.csv", "text/csv", icon=":material/download:", key="dl_snapshot")
+    snapshot_view.section(est, label)
 
 
 def render() -> None:

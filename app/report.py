@@ -12,7 +12,6 @@ malformed report raises `MemplanError` with a one-line message.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from dataclasses import dataclass, replace
@@ -203,35 +202,14 @@ def read_default() -> tuple[Report | None, str]:
     return parse_report(path.read_bytes(), str(path)), str(path)
 
 
-SNAPSHOT_CATEGORY_FUNCTIONS = ("snapshot_categories", "snapshot_breakdown")  # {category: bytes}, if provided
-
-
 def snapshot_support() -> str | None:
-    """None when memplan.measure's safe snapshot reader is installed, else why not.
-
-    Looked up without importing it: importing memplan.measure imports torch (seconds).
-    """
-    if importlib.util.find_spec("torch") is None:
-        return "Reading a CUDA memory snapshot needs torch and memplan.measure: pip install 'memplan[torch]'."
-    spec = importlib.util.find_spec("memplan.measure")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    if not any((Path(loc) / "snapshot.py").is_file() for loc in locations):
-        return ("Snapshot upload needs memplan.measure's safe snapshot reader (memplan.measure.snapshot), "
-                "which this install does not have; untrusted pickles are never opened without it.")
+    """None: snapshots are read by memplan.snapshot (core package, no torch needed)."""
     return None
 
 
 def read_snapshot(data: bytes) -> dict:
-    """A snapshot's summary, loaded by memplan.measure.snapshot.loads_snapshot (a restricted unpickler
-    that refuses every global, so no code in the file runs): trace_peak_allocated, allocated and
-    reserved bytes, and "categories" ({category: bytes}) when the measurement code attributes them."""
-    from memplan.measure import snapshot
+    """A snapshot's summary from memplan.snapshot_report.analyze (restricted unpickler: no code runs)."""
+    from memplan.snapshot import loads
+    from memplan.snapshot_report import analyze
 
-    snap = snapshot.loads_snapshot(data)
-    out = dict(snapshot.snapshot_peak(snap))
-    for name in SNAPSHOT_CATEGORY_FUNCTIONS:
-        fn = getattr(snapshot, name, None)
-        if fn is not None:
-            out["categories"] = {c: int(v) for c, v in fn(snap).items() if c in CATEGORIES}
-            break
-    return out
+    return analyze(loads(data))

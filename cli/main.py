@@ -84,7 +84,7 @@ def methods(as_json):
 
 
 def _add_optional_commands() -> None:
-    for name in ("validate", "planner", "app", "advise"):
+    for name in ("validate", "planner", "app", "advise", "snapshot"):
         mod_name = f"memplan.cli.{name}"
         if importlib.util.find_spec(mod_name) is None:
             continue

@@ -340,13 +340,6 @@ class _RunsCode:
         return (os.mkdir, (str(MARKER),))
 
 
-def test_snapshot_without_the_safe_reader_says_so(at, monkeypatch):
-    monkeypatch.setattr(report, "snapshot_support", lambda: "needs the reader")
-    run(at.switch_page("pages_validation.py"))
-    assert any(i.value == "needs the reader" for i in at.info)
-    assert not any(u.key == "val_snapshot" for u in at.file_uploader)
-
-
 def _snapshot_page(at):
     if report.snapshot_support() is not None:
         pytest.skip(report.snapshot_support())
@@ -354,18 +347,21 @@ def _snapshot_page(at):
     return next(u for u in at.file_uploader if u.key == "val_snapshot")
 
 
-def test_snapshot_upload_shows_its_totals(at):
-    import pickle
+def test_snapshot_upload_shows_its_analysis_replay_and_segment_map(at):
+    """A real snapshot (cut from a public one, tests/data/snapshots): the page shows the same
+    numbers as memplan.snapshot_report and the replay, and draws the segment map."""
+    from memplan.snapshot import load
+    from memplan.snapshot_report import analyze
 
-    gib = 1 << 30
-    snap = {"segments": [{"total_size": 4 * gib, "allocated_size": 3 * gib, "blocks": []}],
-            "device_traces": [[{"action": "alloc", "size": 2 * gib}, {"action": "alloc", "size": gib},
-                               {"action": "free_completed", "size": gib}, {"action": "alloc", "size": gib // 2}]]}
-    _snapshot_page(at).set_value(("snap.pickle", pickle.dumps(snap), "application/octet-stream"))
+    path = Path(__file__).parent / "data" / "snapshots" / "silmont2000_full.pickle.gz"
+    a = analyze(load(path))
+    _snapshot_page(at).set_value(("snap.pickle.gz", path.read_bytes(), "application/octet-stream"))
     run(at)
     shown = metrics(at)
-    assert shown["Peak allocated (trace)"] == "3.00 GiB"
-    assert shown["Allocated at the dump"] == "3.00 GiB" and shown["Reserved at the dump"] == "4.00 GiB"
+    assert shown["Peak allocated (trace)"] == f"{a['peak_allocated_bytes'] / 2**30:.2f} GiB"
+    assert shown["Reserved at the dump"] == f"{a['reserved_bytes'] / 2**30:.2f} GiB" == "3.52 GiB"
+    assert any("addresses 36/36 matched" in m.value for m in at.markdown)
+    assert any("Segment map" in str(c.proto.spec) for c in at.get("plotly_chart"))
 
 
 @pytest.mark.parametrize("content,message", [
