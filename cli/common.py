@@ -68,7 +68,33 @@ def run_options(f):
     return f
 
 
+def _beta1(ctx, param, value):
+    if value is None or value.strip().lower() == "none":
+        return None if value is None else "none"
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a number in [0, 1) or 'none', got {value!r}") from None
+
+
+def impl_options(f):
+    """--impl, --momentum, --beta1: the code that runs the method and its memory-relevant options."""
+    for opt in reversed([
+        click.option("--impl", default=None,
+                     help="Implementation that runs the method, e.g. torch-foreach, torch-fused, galore-torch, "
+                          "peft, bundled (default: the method's default; see 'memplan methods')."),
+        click.option("--momentum", type=float, default=None,
+                     help="SGD momentum (0: no momentum buffer; default: torch's 0)."),
+        click.option("--beta1", default=None, callback=_beta1,
+                     help="Adafactor first-moment decay, or 'none' for no first moment "
+                          "(default: transformers' None; bundled 0.9)."),
+    ]):
+        f = opt(f)
+    return f
+
+
 def estimate_options(f):
+    f = impl_options(f)
     f = click.option("--gpu", "-g", default=None, help="GPU profile id for the fit verdict (see 'memplan gpus').")(f)
     f = run_options(f)
     f = click.option("--method", default="adamw", show_default=True,
@@ -77,7 +103,7 @@ def estimate_options(f):
 
 
 CONFIG_KEYS = ("rank", "update_gap", "target_modules", "precision", "batch_size", "seq_len", "layerwise",
-               "checkpointing", "train_non_target")
+               "checkpointing", "train_non_target", "impl", "momentum", "beta1")
 
 
 def config_kwargs(opts: dict) -> dict:

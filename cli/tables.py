@@ -23,12 +23,23 @@ def describe_config(est: Estimate) -> str:
     if est.trainable_count != est.parameter_count:
         parts[-1] += f" ({fmt_count(est.trainable_count)} trainable)"
     meth = c.method + (f" rank {c.rank}" if m.uses_rank else "")
-    parts += [meth, c.precision, f"batch {c.batch_size} x seq {c.seq_len}"]
+    parts += [meth, _impl_part(est), c.precision, f"batch {c.batch_size} x seq {c.seq_len}"]
     if c.layerwise:
         parts.append("per-layer update")
     if c.checkpointing:
         parts.append("checkpointing")
     return " | ".join(parts)
+
+
+def _impl_part(est: Estimate) -> str:
+    """The implementation the numbers model, with the options that change its memory."""
+    impl, kn = est.impl, est.knobs
+    text = f"impl {impl.name}"
+    if est.config.method == "sgd":
+        text += f", momentum {kn.momentum:g}"
+    if est.config.method == "adafactor":
+        text += ", no first moment" if kn.beta1 is None else f", beta1 {kn.beta1:g}"
+    return text
 
 
 def estimate_table(est: Estimate) -> str:
@@ -86,8 +97,29 @@ def gpus_table(gpu_file=None, as_json: bool = False) -> str:
                     disable_numparse=True, colalign=("left", "left", "right", "right", "right", "right", "left"))
 
 
+def _impl_names(method: str) -> list[str]:
+    from memplan.impls import impls_of
+
+    names = list(impls_of(method))
+    default = METHODS[method].default_impl
+    return [default] + [n for n in names if n != default]
+
+
 def methods_table(as_json: bool = False) -> str:
+    from memplan.impls import impls_of
+
     if as_json:
         return json.dumps([{"name": m.name, "description": m.description, "paper": m.paper,
-                            "uses_rank": m.uses_rank} for m in METHODS.values()], indent=2)
-    return tabulate([[m.name, m.description, m.paper] for m in METHODS.values()], ["method", "description", "paper"])
+                            "uses_rank": m.uses_rank, "default_impl": m.default_impl,
+                            "impls": [{"name": i.name, "library": i.library, "description": i.description}
+                                      for i in (impls_of(m.name)[n] for n in _impl_names(m.name))]}
+                           for m in METHODS.values()], indent=2)
+    rows = [[m.name, ", ".join(f"{n} (default)" if n == m.default_impl else n for n in _impl_names(m.name)),
+             m.description, m.paper] for m in METHODS.values()]
+    lines = [tabulate(rows, ["method", "implementations (--impl)", "description", "paper"])]
+    lines.append("\nImplementations (what each --impl models):")
+    for m in METHODS.values():
+        for n in _impl_names(m.name):
+            i = impls_of(m.name)[n]
+            lines.append(f"  {m.name:17s} {n:14s} {i.library}: {i.description}")
+    return "\n".join(lines)

@@ -62,6 +62,9 @@ class TrainingConfig:
     layerwise: bool = False  # per-layer weight update during backward
     checkpointing: bool = False  # activation checkpointing per block
     train_non_target: bool | None = None  # adapter methods: train embeddings/head/norms (None: method default)
+    impl: str | None = None  # the code that runs the method (see 'memplan methods'); None: the method's default
+    momentum: float | None = None  # SGD momentum (0: no buffer); None: the implementation's default
+    beta1: float | str | None = None  # Adafactor first moment: a float, "none" (no first moment), None: default
 
     def __post_init__(self):
         check_config(self)
@@ -81,12 +84,25 @@ def check_config(c: TrainingConfig) -> None:
     _positive("Batch size", c.batch_size, "--batch-size")
     _positive("Sequence length", c.seq_len, "--seq-len")
     _positive("Update gap", c.update_gap, "--update-gap")
+    _check_impl_options(c, method)
     if method.uses_rank:
         _positive("Rank", c.rank, "--rank")
         k = _smallest_projected_dim(c.model, c.target_modules)
         if c.rank > k:
             raise MemplanError(f"Rank {c.rank} is larger than the smallest projected dimension ({k}) of "
                                f"{c.model.name}. Use --rank between 1 and {k}.")
+
+
+def _check_impl_options(c: TrainingConfig, method: Method) -> None:
+    from memplan.impls import NO_BETA1, get_impl
+
+    get_impl(method.name, c.impl)
+    m = c.momentum
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1):
+        raise MemplanError(f"Momentum must be a number in [0, 1), got {m!r}. Use --momentum 0.9 (0: no buffer).")
+    b = c.beta1
+    if b is not None and b != NO_BETA1 and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1):
+        raise MemplanError(f"beta1 must be a number in [0, 1) or 'none', got {b!r}. Use --beta1 0.9 or --beta1 none.")
 
 
 def _smallest_projected_dim(model: ModelProfile, targets) -> int:
@@ -116,6 +132,35 @@ def _tensors(model: ModelProfile, targets, method: Method, rank: int, train_othe
         else:
             out.append((shape, role, n, not method.adapter or train_other))
     return tuple(out)
+
+
+@lru_cache(maxsize=1024)
+def _step_order(model: ModelProfile, targets, method: Method, rank: int, train_other: bool, regular_first: bool):
+    """Trainable tensors as (shape, is_adapter) in the order the optimizer steps them (model order;
+    non-projected first when the implementation's recipes group them so)."""
+    out = []
+    for spec in _inventory(model, targets):
+        m, n = (spec.shape[0], spec.shape[1]) if len(spec.shape) == 2 else (spec.numel, 1)
+        if method.adapter and spec.projected:
+            out += [(Shape(rank, n, False), True), (Shape(m, rank, False), True)]
+        elif not method.adapter or train_other:
+            out.append((Shape(m, n, spec.projected), False))
+    if regular_first:
+        out = [x for x in out if not x[0].projected] + [x for x in out if x[0].projected]
+    return tuple(out)
+
+
+@lru_cache(maxsize=1024)
+def _sequence_temps(impl, order, r: int, grad_bytes: int, kn) -> tuple[int, int]:
+    """(step, refresh) transients of a whole step, per dtype group of the order (foreach groups so)."""
+    groups: dict[int, list] = {}
+    for shape, adapter in order:
+        s = impl.adapter_bytes if adapter and impl.adapter_bytes else grad_bytes
+        groups.setdefault(s, []).append(shape)
+    step = max((impl.sequence_temp(g, r, s, kn) for s, g in groups.items()), default=0) if impl.sequence_temp else 0
+    refresh = (max((impl.sequence_refresh(g, r, s, kn) for s, g in groups.items()), default=0)
+               if impl.sequence_refresh else 0)
+    return step, refresh
 
 
 @lru_cache(maxsize=512)
@@ -153,6 +198,20 @@ class Estimate:
     gpu: GPUProfile | None = None
 
     @property
+    def impl(self):
+        """The implementation record the estimate models (memplan.impls.Impl)."""
+        from memplan.impls import get_impl
+
+        return get_impl(self.config.method, self.config.impl)
+
+    @property
+    def knobs(self):
+        """The optimizer options in effect (momentum, beta1), defaults resolved."""
+        from memplan.impls import knobs
+
+        return knobs(self.impl, self.config.momentum, self.config.beta1)
+
+    @property
     def peak_phase(self) -> str:
         return max(PHASES, key=lambda p: (sum(self.phases[p].values()), -PHASES.index(p)))
 
@@ -183,8 +242,12 @@ class Estimate:
         cfg = {k: v for k, v in asdict(c).items() if k != "model"}
         cfg["model"] = c.model.name
         cfg["target_modules"] = list(resolve_targets(c.model, c.target_modules))
+        impl, kn = self.impl, self.knobs
+        cfg.update(impl=impl.name, momentum=kn.momentum, beta1=kn.beta1)
         out = {
             "config": cfg,
+            "impl": impl.name,
+            "impl_library": impl.library,
             "parameter_count": self.parameter_count,
             "trainable_count": self.trainable_count,
             "breakdown": self.breakdown,
@@ -200,7 +263,11 @@ class Estimate:
 
 
 def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimate:
+    from memplan.impls import get_impl, knobs
+
     method = METHODS[get_method(c.method).name]
+    impl = get_impl(method.name, c.impl)
+    kn = knobs(impl, c.momentum, c.beta1)
     prec = PRECISIONS[c.precision]
     targets = resolve_targets(c.model, c.target_modules)
     train_other = method.train_non_target if c.train_non_target is None else c.train_non_target
@@ -212,28 +279,37 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     largest_grad = first_grad = first_step_temp = step_temp = 0
     refresh_temp = None
     any_quantized = False
-    s = prec.grad  # optimizer state follows the gradient dtype
     for shape, role, n, trainable in tensors:
         numel = shape.numel
+        own = impl.adapter_bytes if role == "adapter" and impl.adapter_bytes else None  # peft: fp32 adapters
+        pb, gb = (own, own) if own else (prec.param, prec.grad)
+        s = gb  # optimizer state follows the gradient dtype
         n_params += n * numel
-        params += n * numel * prec.param
+        params += n * numel * pb
         if not trainable:
             continue
         n_trainable += n * numel
-        grads += n * numel * prec.grad
-        st, pj = method.state(shape, r, s)
+        grads += n * numel * gb
+        st, pj = impl.state(shape, r, s, kn)
         states += n * st
         projs += n * pj
-        largest_grad = max(largest_grad, numel * prec.grad)
+        largest_grad = max(largest_grad, numel * gb)
         if role == "head" or (role == "embedding" and c.model.tie_word_embeddings and c.model.is_decoder):
-            first_grad = max(first_grad, numel * prec.grad)
-            first_step_temp = max(first_step_temp, method.step_temp(shape, r, s))
-        step_temp = max(step_temp, method.step_temp(shape, r, s))
+            first_grad = max(first_grad, numel * gb)
+            first_step_temp = max(first_step_temp, impl.step_temp(shape, r, s, kn))
+        step_temp = max(step_temp, impl.step_temp(shape, r, s, kn))
         if method.eightbit and quantized(r * shape.K if shape.projected else numel):
             any_quantized = True
-    if method.refresh_temp is not None:  # one projected (or, for ReLoRA, adapted) weight at a time
-        refresh_temp = max(method.refresh_temp(shape, r, s) for shape, _, _ in _groups(c.model, targets)
+    if impl.refresh_temp is not None:  # one projected (or, for ReLoRA, adapted) weight at a time
+        refresh_temp = max(impl.refresh_temp(shape, r, prec.grad, kn) for shape, _, _ in _groups(c.model, targets)
                            if shape.projected)
+    if (impl.sequence_temp or impl.sequence_refresh) and not c.layerwise:
+        order = _step_order(c.model, targets, method, r, train_other, impl.regular_first)
+        seq_step, seq_refresh = _sequence_temps(impl, order, r, prec.grad, kn)
+        if impl.sequence_temp:
+            step_temp = seq_step
+        if impl.sequence_refresh:
+            refresh_temp = seq_refresh
     if any_quantized:
         states += QMAP_BYTES  # shared quantization maps, once
 
@@ -272,7 +348,9 @@ def estimate(model, method: str = "adamw", *, gpu=None, gpu_file=None, **options
     """Estimate one training step. `model`: profile name, config.json path or ModelProfile.
 
     Options are the fields of `TrainingConfig` (rank, update_gap, target_modules,
-    precision, batch_size, seq_len, layerwise, checkpointing, train_non_target).
+    precision, batch_size, seq_len, layerwise, checkpointing, train_non_target, impl,
+    momentum, beta1). `impl` names the code that runs the method (`memplan methods`
+    lists them; None: the method's default, e.g. torch's foreach AdamW).
     """
     config = make_config(model, method, **options)
     g = load_gpu(gpu, gpu_file) if gpu is not None else None

@@ -1,5 +1,9 @@
 """The memory rule of every method, registered in one table.
 
+These are the rules of memplan's bundled implementation of each method; the rules of
+other implementations (torch's foreach AdamW, galore-torch, transformers' Adafactor,
+bitsandbytes, peft) are in memplan/impls.py, one record per (method, implementation).
+
 A rule answers, for one trainable tensor of shape (m, n) (`n == 1` for vectors),
 how many bytes of optimizer state and of projectors the method keeps, and what
 transient memory its optimizer step and its projection refresh need. Shapes follow
@@ -218,21 +222,25 @@ class Method:
     eightbit: bool = False  # keeps block-wise 8-bit state (shared quantization maps)
     uses_rank: bool = False
     train_non_target: bool = True  # default for non-target parameters (adapter methods)
+    default_impl: str = "bundled"  # the implementation a user gets by default (memplan/impls.py)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("adamw", "Full-rank AdamW: two full-size moments per parameter.",
-           "Loshchilov & Hutter, Decoupled Weight Decay Regularization (ICLR 2019)", adamw_state, adamw_step_temp),
+           "Loshchilov & Hutter, Decoupled Weight Decay Regularization (ICLR 2019)", adamw_state, adamw_step_temp,
+           default_impl="torch-foreach"),
     Method("sgd", "SGD with momentum: one full-size buffer per parameter.",
-           "Polyak heavy-ball momentum (torch.optim.SGD)", sgd_state, no_temp),
+           "Polyak heavy-ball momentum (torch.optim.SGD)", sgd_state, no_temp, default_impl="torch"),
     Method("adafactor", "Adafactor: factored fp32 second moment (rows + columns), fp32 first moment.",
-           "Shazeer & Stern, Adafactor (ICML 2018)", adafactor_state, adafactor_step_temp),
+           "Shazeer & Stern, Adafactor (ICML 2018)", adafactor_state, adafactor_step_temp,
+           default_impl="transformers"),
     Method("adam8bit", "8-bit Adam: block-wise quantized moments (bitsandbytes layout).",
            "Dettmers et al., 8-bit Optimizers via Block-wise Quantization (ICLR 2022)",
-           adam8bit_state, adam8bit_step_temp, eightbit=True),
+           adam8bit_state, adam8bit_step_temp, eightbit=True,
+           default_impl="bitsandbytes"),
     Method("lora", "LoRA: frozen base weights, trainable low-rank adapters A (r x n), B (m x r).",
            "Hu et al., LoRA (ICLR 2022)", adamw_state, adamw_step_temp,
-           adapter="lora", uses_rank=True, train_non_target=False),
+           adapter="lora", uses_rank=True, train_non_target=False, default_impl="peft"),
     Method("relora", "ReLoRA: LoRA with periodic merges into the base weights and optimizer resets.",
            "Lialin et al., ReLoRA: High-Rank Training Through Low-Rank Updates (ICLR 2024)",
            adamw_state, adamw_step_temp, refresh_temp=lambda t, r, s: t.numel * s,  # merged B A, m x n
@@ -241,10 +249,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "Kamalakara et al., Exploring Low Rank Training of Deep Neural Networks (2022)",
            adamw_state, adamw_step_temp, adapter="lowrank", uses_rank=True),
     Method("galore", "GaLore: Adam in an SVD subspace of each gradient, refreshed every T steps.",
-           "Zhao et al., GaLore (ICML 2024)", galore_state, galore_step_temp, svd_refresh_temp, uses_rank=True),
+           "Zhao et al., GaLore (ICML 2024)", galore_state, galore_step_temp, svd_refresh_temp, uses_rank=True,
+           default_impl="galore-torch"),
     Method("galore8bit", "GaLore with block-wise 8-bit low-rank moments and 8-bit Adam elsewhere.",
            "Zhao et al., GaLore (ICML 2024)", galore8bit_state, galore8bit_step_temp, svd_refresh_temp,
-           eightbit=True, uses_rank=True),
+           eightbit=True, uses_rank=True, default_impl="galore-torch"),
     Method("golore", "GoLore: GaLore with random (Stiefel) projections, SVD-free refreshes.",
            "He et al., Subspace Optimization for LLMs with Convergence Guarantees (ICML 2025)",
            galore_state, galore_step_temp, random_refresh_temp, uses_rank=True),

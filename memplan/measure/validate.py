@@ -42,6 +42,9 @@ class ValidateConfig:
     implementation: str = "bundled"  # bundled | hf (transformers' LlamaForCausalLM)
     target_modules: tuple[str, ...] | None = None
     seed: int = 0
+    impl: str | None = None  # optimizer implementation (memplan.impls); None: the bundled optimizers
+    momentum: float | None = None  # SGD momentum (None: 0.9 for the bundled build, else torch's 0)
+    beta1: float | str | None = None  # Adafactor beta1 (None: the implementation's default)
 
     def __post_init__(self):
         if self.device not in DEVICES:
@@ -49,14 +52,37 @@ class ValidateConfig:
         if self.implementation not in ("bundled", "hf"):
             raise ValueError(f"Unknown implementation {self.implementation!r}; expected 'bundled' or 'hf'")
 
+    @property
+    def resolved_impl(self) -> str:
+        """The implementation measured: `impl`, or the record of the bundled build."""
+        from memplan.methods import get_method
+        method = get_method(self.method).name
+        return self.impl or BUNDLED_AS.get(method, "bundled")
+
+    @property
+    def resolved_momentum(self) -> float | None:
+        if self.momentum is None and self.impl is None and get_method_name(self.method) == "sgd":
+            return 0.9  # the bundled build's SGD momentum
+        return self.momentum
+
     def estimator_options(self) -> dict:
         from memplan.methods import get_method
         opts = dict(update_gap=UPDATE_GAP, precision=self.precision, batch_size=self.batch_size,
                     seq_len=self.seq_len, layerwise=self.layerwise, checkpointing=self.checkpointing,
-                    target_modules=self.target_modules)
+                    target_modules=self.target_modules, impl=self.resolved_impl,
+                    momentum=self.resolved_momentum, beta1=self.beta1)
         if get_method(self.method).uses_rank:
             opts["rank"] = self.rank
         return opts
+
+
+# the bundled build (memplan.optim.build) runs these for the plain baselines
+BUNDLED_AS = {"adamw": "torch-forloop", "sgd": "torch"}
+
+
+def get_method_name(name: str) -> str:
+    from memplan.methods import get_method
+    return get_method(name).name
 
 
 @dataclass
