@@ -196,6 +196,7 @@ class Estimate:
     parameter_count: int
     trainable_count: int
     gpu: GPUProfile | None = None
+    sharded_step_temp: bool = False  # the step's transients span all states (foreach): ZeRO shards them too
 
     @property
     def impl(self):
@@ -320,7 +321,8 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     phases = compose(terms, acts)
     peak = max(sum(p.values()) for p in phases.values())
     overhead = CUDA_CONTEXT_BYTES + int(peak * FRAGMENTATION)
-    return Estimate(c, phases, overhead, n_params, n_trainable, gpu)
+    return Estimate(c, phases, overhead, n_params, n_trainable, gpu,
+                    sharded_step_temp=impl.shards_with_states and not c.layerwise)
 
 
 def make_config(model, method: str | None = None, **options) -> TrainingConfig:

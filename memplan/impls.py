@@ -56,6 +56,7 @@ class Impl:
     adapter_bytes: int | None = None  # adapters' own dtype (peft keeps them fp32); None: the model's
     defaults: Knobs = field(default_factory=Knobs)
     regular_first: bool = False  # steps non-projected parameters before projected ones (galore-torch recipes)
+    shards_with_states: bool = False  # the step's transients are per state element (foreach): ZeRO divides them
     checked_by: str = ""  # the measurement that checks it
 
     @property
@@ -129,7 +130,7 @@ def _impls() -> list[Impl]:
     adamw = [
         Impl("adamw", "torch-foreach", "torch 2.13 torch.optim.AdamW(foreach=True), torch's default on CUDA",
              "multi-tensor AdamW: one sqrt buffer the size of all parameters of a dtype",
-             _adamw_state, _foreach_temp, sequence_temp=_foreach_all,
+             _adamw_state, _foreach_temp, sequence_temp=_foreach_all, shards_with_states=True,
              checked_by="validate --impl torch-foreach (CPU tensors run the same foreach path)"),
         Impl("adamw", "torch-fused", "torch 2.13 torch.optim.AdamW(fused=True)",
              "fused kernel: the update is done in place, no temporaries",
@@ -160,7 +161,7 @@ def _impls() -> list[Impl]:
                         checked_by="validate --impl bundled; benchmarks/validate_step_temps.py"))
     out.append(Impl("lora", "peft", "peft 0.21 LoRA (fp32 adapters) + torch 2.13 torch.optim.AdamW (foreach)",
                     "peft keeps the adapters in fp32 under a bf16 / fp16 base; AdamW takes torch's CUDA default",
-                    _adamw_state, _foreach_temp, sequence_temp=_foreach_all, adapter_bytes=4,
+                    _adamw_state, _foreach_temp, sequence_temp=_foreach_all, adapter_bytes=4, shards_with_states=True,
                     checked_by="validate --impl peft"))
     out.append(Impl("lora", "bundled", "memplan.models.lora + torch.optim.AdamW(foreach=False)",
                     "adapters in the model's dtype, AdamW one tensor at a time",

@@ -129,7 +129,8 @@ def check_layout(layout: str, num_gpus: int, layerwise: bool) -> str:
 
 
 def shard_phase(phase: dict[str, int], layout: str, n: int, grads_total: int, unit_param: int,
-                unit_grad: int, bucket_view: bool = False, in_pass: bool = True) -> dict[str, int]:
+                unit_grad: int, bucket_view: bool = False, in_pass: bool = True,
+                sharded_temp: bool = False) -> dict[str, int]:
     """One phase's categories per GPU. `grads_total`: all trainable gradient bytes.
 
     `in_pass`: the phase is in the forward or backward pass, where units are gathered and
@@ -145,6 +146,8 @@ def shard_phase(phase: dict[str, int], layout: str, n: int, grads_total: int, un
         return p
     p["optimizer_states"] = _div(p["optimizer_states"], n)
     p["projectors"] = _div(p["projectors"], n)
+    if sharded_temp and not in_pass:  # a foreach step over the local shards: its buffers shrink with them
+        p["temporaries"] = _div(p["temporaries"], n)
     if layout in ("zero2", "zero3") and p["gradients"]:
         # own shard + one unit's full gradient waiting for its reduce-scatter (never more than unsharded)
         p["gradients"] = min(p["gradients"], _div(p["gradients"], n) + unit_grad)
@@ -162,7 +165,7 @@ def shard(est: Estimate, layout: str = "single", num_gpus: int = 1, *, bucket_vi
     unit_param, unit_grad = unit * prec.param, unit * prec.grad
     grads_total = max(ph["gradients"] for ph in est.phases.values())  # end of backward: every gradient
     phases = {name: shard_phase(ph, key, num_gpus, grads_total, unit_param, unit_grad, bucket_view,
-                                in_pass=name in ("forward", "backward"))
+                                in_pass=name in ("forward", "backward"), sharded_temp=est.sharded_step_temp)
               for name, ph in est.phases.items()}
     peak = max(sum(ph.values()) for ph in phases.values())
     overhead = CUDA_CONTEXT_BYTES + int(peak * FRAGMENTATION) + (COMM_BUFFER_BYTES if key != "single" else 0)

@@ -44,6 +44,17 @@ def test_zero1_divides_states_and_projectors_only(est7b, n):
             assert got[c] == cats[c]
 
 
+@pytest.mark.parametrize("layout", SHARDED)
+def test_foreach_step_buffer_is_sharded_with_the_states(layout):
+    # torch's foreach AdamW steps each rank's shard: its sqrt buffer is as sharded as the moments
+    est = memplan.estimate("llama-7b", "adamw", impl="torch-foreach", seq_len=512)
+    s = shard(est, layout, 4)
+    assert s.phases["optimizer_step"]["temporaries"] == ceil_div(est.phases["optimizer_step"]["temporaries"], 4)
+    assert s.phases["forward"]["temporaries"] == est.phases["forward"]["temporaries"]
+    loop = shard(memplan.estimate("llama-7b", "adamw", impl="torch-forloop", seq_len=512), layout, 4)
+    assert loop.phases["optimizer_step"]["temporaries"] == 2 * 4096 * 32000 * 2  # one tensor's, unsharded
+
+
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_zero2_also_divides_gradients_plus_one_unit(est7b, n):
     s = shard(est7b, "zero2", n)
