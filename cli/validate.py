@@ -39,6 +39,15 @@ def point_table(v: dict) -> str:
         out.append(f"CUDA: max allocated {_mib(c['max_allocated'])} MiB, max reserved {_mib(c['max_reserved'])} MiB"
                    + (f", NVML used {_mib(c['nvml_used'])} MiB" if "nvml_used" in c else "")
                    + f"; estimated device total {_mib(e['device_total_bytes'])} MiB")
+    if "reserved" in m:
+        r = m["reserved"]
+        line = (f"CUDA caching-allocator model ({r['allocations']:,} allocations replayed in {r['seconds']:.1f} s): "
+                f"predicted max_memory_reserved {_mib(r['max_reserved'])} MiB, max_memory_allocated "
+                f"{_mib(r['max_allocated'])} MiB (allocated peak measured {_mib(m['peak_bytes'])} MiB); "
+                f"{r['segments']} segments")
+        if "cuda" in m:
+            line += f"; real max reserved {_mib(m['cuda']['max_reserved'])} MiB"
+        out.append(line)
     verdict = "PASS" if v["passed"] else "FAIL: " + "; ".join(v["failures"])
     out.append(f"{verdict}  ({v['seconds']:.1f} s)")
     return "\n\n".join(out)
@@ -79,9 +88,12 @@ def summary_table(rows) -> str:
               help="Run a validation grid instead of one point and write a JSON report.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Report path for --grid (default benchmarks/results/validate_<grid>.json).")
+@click.option("--reserved", is_flag=True,
+              help="Also predict max_memory_reserved: replay the steps' allocations through memplan's model of "
+                   "PyTorch's CUDA caching allocator.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {estimate, measured, error} (bytes).")
 def validate(model, method, rank, batch_size, seq_len, precision, layerwise, checkpointing, device, with_hf,
-             snapshot, grid, out, as_json):
+             snapshot, grid, out, reserved, as_json):
     """Measure training steps of the bundled model and compare with the estimate.
 
     Runs three steps with the bundled optimizer (a warm-up, an ordinary step and
@@ -94,6 +106,7 @@ def validate(model, method, rank, batch_size, seq_len, precision, layerwise, che
     Example:
       memplan validate --model llama-60m --method galore --rank 128 --batch-size 4 --seq-len 256
       memplan validate --model llama-7b --method galore8bit --rank 1024 --layerwise --device fake
+      memplan validate --model llama-7b --method galore8bit --layerwise --device fake --reserved
       memplan validate --grid small
     """
     try:
@@ -108,7 +121,8 @@ def validate(model, method, rank, batch_size, seq_len, precision, layerwise, che
         if with_hf:
             from dataclasses import replace
             cfgs.append(replace(cfgs[0], implementation="hf"))
-        results = [_run_one(c, snapshot if i == 0 else None, quiet=as_json) for i, c in enumerate(cfgs)]
+        results = [_run_one(c, snapshot if i == 0 else None, quiet=as_json, reserved=reserved)
+                   for i, c in enumerate(cfgs)]
     except CLIError:
         raise
     except Exception as e:  # library errors: one line, no traceback
@@ -135,7 +149,7 @@ def _cpu_lacks_bf16() -> bool:
     return "BF16" not in cap and "AMX" not in cap
 
 
-def _run_one(cfg, snapshot, quiet):
+def _run_one(cfg, snapshot, quiet, reserved=False):
     from tqdm import tqdm
 
     from memplan.measure.validate import validate as run
@@ -144,7 +158,7 @@ def _run_one(cfg, snapshot, quiet):
                    "--device fake measures the same bytes in seconds; --precision fp32 runs real steps fast.",
                    err=True)
     with tqdm(total=3, desc=f"{cfg.model} {cfg.method} steps", disable=quiet, leave=False) as bar:
-        return run(cfg, progress=bar.update, snapshot=snapshot).to_dict()
+        return run(cfg, progress=bar.update, snapshot=snapshot, reserved=reserved).to_dict()
 
 
 def _run_grid(name, out, as_json):

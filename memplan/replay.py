@@ -224,3 +224,40 @@ def replay(snap: Snapshot, settings: Settings | None = None) -> Replay:
     return Replay(allocations, matched, len(real), seg_matched, alloc.reserved_bytes, alloc.peak_reserved_bytes,
                   alloc.allocated_bytes, snap.reserved_bytes, _real_peak_reserved(snap, start_reserved),
                   snap.allocated_bytes, missed[0], unused, empties, fixes, state.inconsistent, time.perf_counter() - t0)
+
+
+def replay_log(events, settings: Settings | None = None, capacity: int | None = None) -> dict:
+    """Replay an allocation log (``("alloc", id, nbytes)``, ``("free", id, 0)``,
+    ``("phase", name, 0)``; see ``memplan.measure.tracker.AllocationLog``) from an empty
+    allocator on one stream. Returns the predicted ``max_memory_reserved`` and
+    ``max_memory_allocated`` (block sizes, as torch counts them), per step and phase too."""
+    t0 = time.perf_counter()
+    alloc = CachingAllocator(settings or Settings(), capacity)
+    live, step, phase, phases = {}, -1, None, {}
+    n = 0
+
+    def close():
+        if phase is not None:
+            phases[f"{step}:{phase}"] = {"reserved": alloc.peak_reserved_bytes, "allocated": alloc.peak_allocated_bytes}
+
+    for kind, key, nbytes in events:
+        if kind == "alloc":
+            live[key] = alloc.malloc(nbytes)
+            n += 1
+        elif kind == "free":
+            b = live.pop(key, None)
+            if b is not None:
+                alloc.free(b)
+        elif kind == "phase":
+            close()
+            if key == "forward" or (key is not None and phase is None and step < 0):
+                step += 1
+            phase = key
+            alloc.peak_allocated_bytes = alloc.allocated_bytes  # per-phase peaks, like reset_peak_memory_stats
+            alloc.peak_reserved_bytes = alloc.reserved_bytes
+    close()
+    measured = [v for k, v in phases.items() if not k.startswith("0:")] or list(phases.values())  # after warm-up
+    return {"max_reserved": max([v["reserved"] for v in measured] + [alloc.reserved_bytes]),
+            "max_allocated": max([v["allocated"] for v in measured] + [alloc.allocated_bytes]),
+            "phases": phases, "allocations": n, "segments": len(alloc.segments),
+            "seconds": round(time.perf_counter() - t0, 3)}

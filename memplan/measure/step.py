@@ -93,7 +93,7 @@ def _tensors(batch):
 def measure_step(model: torch.nn.Module, optimizer, batch, loss_fn=None, *,
                  phase_names=("forward", "backward", "optimizer_step"),
                  autocast_dtype: torch.dtype | None = None, round_to: int | None = None,
-                 after_step=None) -> StepMeasurement:
+                 after_step=None, alloc_log=None) -> StepMeasurement:
     """Run one training step (forward, backward, ``optimizer.step()``,
     ``zero_grad``) and measure it by phase and category.
 
@@ -104,6 +104,8 @@ def measure_step(model: torch.nn.Module, optimizer, batch, loss_fn=None, *,
     measured in the backward phase. ``after_step(tracker)`` runs inside the last
     phase (e.g. a ReLoRA merge). ``round_to`` rounds each storage up (the CUDA
     caching allocator rounds to 512 bytes; default 512 on CUDA, 1 elsewhere).
+    ``alloc_log``: a ``tracker.AllocationLog`` that records the order and size of
+    every storage allocated and freed (for the CUDA caching-allocator replay).
 
     Example::
 
@@ -114,7 +116,8 @@ def measure_step(model: torch.nn.Module, optimizer, batch, loss_fn=None, *,
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
     on_cuda = device.type == "cuda" and not _is_fake(params[0])
-    tracker = MemoryTracker(round_to=round_to if round_to is not None else (512 if device.type == "cuda" else 1))
+    tracker = MemoryTracker(round_to=round_to if round_to is not None else (512 if device.type == "cuda" else 1),
+                            log=alloc_log)
     cuda = _CudaStats(device) if on_cuda else None
     f_name, b_name, o_name = phase_names
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None

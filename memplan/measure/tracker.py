@@ -55,6 +55,30 @@ def _round(n: int, to: int) -> int:
     return n if to <= 1 else -(-n // to) * to
 
 
+class AllocationLog:
+    """The order and size of every storage allocation and free a tracker sees, across
+    trackers (steps): what the CUDA caching allocator would be asked for. Entries are
+    ``("alloc", id, nbytes)``, ``("free", id, 0)`` and ``("phase", name, 0)``;
+    ``memplan.replay.replay_log`` runs them through the allocator model."""
+
+    def __init__(self):
+        self.events: list[tuple] = []
+        self._ids = WeakIdKeyDictionary()
+        self._next = 0
+
+    def saw(self, st) -> None:
+        if st in self._ids:
+            return
+        i = self._next
+        self._next += 1
+        self._ids[st] = i
+        self.events.append(("alloc", i, st.nbytes()))
+        weakref.finalize(st, self.events.append, ("free", i, 0)).atexit = False
+
+    def mark(self, phase) -> None:
+        self.events.append(("phase", phase, 0))
+
+
 class _Info:
     __slots__ = ("nbytes", "category", "ref")
 
@@ -70,9 +94,10 @@ class MemoryTracker(TorchDispatchMode):
     at the moment the phase's total was highest.
     """
 
-    def __init__(self, round_to: int = 1):
+    def __init__(self, round_to: int = 1, log: AllocationLog | None = None):
         super().__init__()
         self.round_to = round_to
+        self.log = log
         self.current = dict.fromkeys(CATEGORIES, 0)
         self.total = 0
         self.peaks: dict[str, dict[str, int]] = {}
@@ -95,6 +120,8 @@ class MemoryTracker(TorchDispatchMode):
             return
         info = self._info.get(st)
         if info is None:
+            if self.log is not None:
+                self.log.saw(st)
             info = _Info(_round(st.nbytes(), self.round_to), category)
             info.ref = weakref.ref(st, lambda r, i=info: self._free(i, r))
             self._info[st] = info
@@ -126,6 +153,8 @@ class MemoryTracker(TorchDispatchMode):
         """Start a new phase; its peak starts from the memory live now."""
         self.phase = phase
         self._phase_peak = -1
+        if self.log is not None:
+            self.log.mark(phase)
         self._update_peak()
 
     def promote(self, src: str, dst: str) -> None:

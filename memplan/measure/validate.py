@@ -148,10 +148,12 @@ def _loss(model, batch):
 
 
 # --------------------------------------------------------------------------- measure
-def measure_config(cfg: ValidateConfig, progress=None, snapshot=None) -> dict:
+def measure_config(cfg: ValidateConfig, progress=None, snapshot=None, reserved: bool = False) -> dict:
     """Measured phases and exact category totals of ``cfg`` (see the module doc).
 
     ``snapshot``: a file to write the CUDA memory snapshot to (``--device cuda``).
+    ``reserved``: record every storage allocation and free of the three steps and
+    replay them through memplan's CUDA caching-allocator model (``out["reserved"]``).
     """
     fake = cfg.device == "fake"
     if cfg.device == "cuda" and not torch.cuda.is_available():  # checked before anything is built
@@ -168,12 +170,14 @@ def measure_config(cfg: ValidateConfig, progress=None, snapshot=None) -> dict:
             raise ValueError("--snapshot needs --device cuda (the snapshot is the CUDA allocator's history)")
         from memplan.measure.snapshot import record
         with mode, record(snapshot if cfg.device == "cuda" else None):
-            return _measure(cfg, progress)
+            return _measure(cfg, progress, reserved)
     finally:
         torch.set_num_threads(threads)
 
 
-def _measure(cfg: ValidateConfig, progress) -> dict:
+def _measure(cfg: ValidateConfig, progress, reserved: bool = False) -> dict:
+    from memplan.measure.tracker import AllocationLog
+    log = AllocationLog() if reserved else None
     if True:
         model, opt, batch, amp = build(cfg)
         merge = None
@@ -184,7 +188,7 @@ def _measure(cfg: ValidateConfig, progress) -> dict:
         for step in range(3):
             refresh = step % UPDATE_GAP == 0
             runs.append(measure_step(model, opt, batch, _loss, autocast_dtype=amp,
-                                     after_step=merge if refresh and step > 0 else None))
+                                     after_step=merge if refresh and step > 0 else None, alloc_log=log))
             if progress is not None:
                 progress(1)
     normal, refresh = runs[1], runs[2]
@@ -196,6 +200,10 @@ def _measure(cfg: ValidateConfig, progress) -> dict:
     out = {"phases": phases, "persistent": persistent, "saved_activations": normal.saved}
     if normal.cuda:
         out["cuda"] = _cuda_summary(normal, refresh, stepping)
+    if log is not None:
+        from memplan.replay import replay_log
+        del model, opt, batch, runs, normal, refresh
+        out["reserved"] = replay_log(log.events)
     return out
 
 
@@ -242,8 +250,9 @@ def summarize_measured(m: dict) -> dict:
     cats.update(m["persistent"])
     out = {"phases": phases, "peak_phase": peak, "peak_bytes": phases[peak]["total"], "categories": cats,
            "saved_activations": m.get("saved_activations", 0)}
-    if "cuda" in m:
-        out["cuda"] = m["cuda"]
+    for key in ("cuda", "reserved"):
+        if key in m:
+            out[key] = m[key]
     return out
 
 
@@ -288,12 +297,14 @@ def compare(estimate: dict, measured: dict) -> tuple[dict, list[str]]:
     return err, failures
 
 
-def validate(cfg: ValidateConfig, progress=None, snapshot=None) -> Validation:
-    """Estimate ``cfg``, measure it, and compare. ``progress(n)`` is called per step."""
+def validate(cfg: ValidateConfig, progress=None, snapshot=None, reserved: bool = False) -> Validation:
+    """Estimate ``cfg``, measure it, and compare. ``progress(n)`` is called per step.
+    ``reserved``: also predict ``max_memory_reserved`` by replaying the steps' allocations
+    through the CUDA caching-allocator model (``measured["reserved"]``)."""
     import memplan
     t0 = time.perf_counter()
     est = memplan.estimate(cfg.model, cfg.method, **cfg.estimator_options())
     estimate = summarize_estimate(est)
-    measured = summarize_measured(measure_config(cfg, progress, snapshot))
+    measured = summarize_measured(measure_config(cfg, progress, snapshot, reserved))
     error, failures = compare(estimate, measured)
     return Validation(cfg, estimate, measured, error, not failures, time.perf_counter() - t0, failures)
