@@ -9,27 +9,34 @@ from click.core import ParameterSource
 
 from memplan.cli.common import CONTEXT_SETTINGS, config_kwargs, handle_errors, model_options, run_options
 from memplan.cli.planner_tables import compare_table, fit_table, plan_table, sweep_csv, sweep_table
+from memplan import limits
 from memplan.errors import MemplanError
 from memplan.estimator import capacity_bytes
 from memplan.units import GiB
 
+NOTHING_FITS = 3  # exit code of `plan` and `fit` when no row fits (bad input is 2)
 GPU_HELP = "GPU profile id (see 'memplan gpus'), or 'local' / 'local:N' for this machine's GPU (NVML)."
 
 
-def _ints(text: str | None, what: str) -> list[int] | None:
+def _ints(text: str | None, what: str, bound) -> list[int] | None:
     if text is None:
         return None
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise MemplanError(f"{what} must be comma-separated integers such as 1,4,16, got '{text}'.") from None
-    if not values or any(v < 1 for v in values):
-        raise MemplanError(f"{what} must be positive integers such as 1,4,16, got '{text}'.")
+    items = _names(text, what)
+    if any(len(v) > 12 or not v.isdigit() for v in items):
+        raise MemplanError(f"{what} must be comma-separated integers such as 1,4,16, got '{text[:80]}'.")
+    return [limits.check_int(int(v), bound, f"{what} value") for v in items]
+
+
+def _names(text: str | None, what: str = "--methods") -> list[str] | None:
+    """A comma-separated option's values; empty or oversized lists are an error, not 'all' or 'none'."""
+    if text is None:
+        return None
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise MemplanError(f"{what} is empty: give comma-separated values, or leave the option out.")
+    if len(values) > limits.LIST_ITEMS:
+        raise MemplanError(f"{what} has {len(values):,} values; at most {limits.LIST_ITEMS} are taken.")
     return values
-
-
-def _names(text: str | None) -> list[str] | None:
-    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -58,6 +65,8 @@ def fit(ctx, gpu, methods, as_json, **opts):
     --layerwise/--no-layerwise or --checkpointing/--no-checkpointing to keep
     only one setting.
 
+    Exit codes: 0 when at least one row fits, 3 when none does, 2 for bad input.
+
     \b
     Example:
       memplan fit --model llama-7b --gpu rtx-4090
@@ -70,7 +79,7 @@ def fit(ctx, gpu, methods, as_json, **opts):
     lw, ck = kw.pop("layerwise"), kw.pop("checkpointing")
     layerwise = (lw,) if _given(ctx, "layerwise") else (False, True)
     checkpointing = (ck,) if _given(ctx, "checkpointing") else (False, True)
-    rows = fit_report(opts["model"], g, _names(methods), layerwise=layerwise, checkpointing=checkpointing, **kw)
+    rows = fit_report(opts["model"], g, _names(methods, "--methods"), layerwise=layerwise, checkpointing=checkpointing, **kw)
     config = make_config(opts["model"], **kw)
     if as_json:
         shared = {"model": config.model.name, "precision": config.precision, "batch_size": config.batch_size,
@@ -79,6 +88,8 @@ def fit(ctx, gpu, methods, as_json, **opts):
                                "rows": [r.to_dict() for r in rows], "units": "bytes"}, indent=2))
     else:
         click.echo(fit_table(rows, g, config))
+    if not any(r.fits for r in rows):
+        raise SystemExit(NOTHING_FITS)
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -100,7 +111,7 @@ def compare(gpu, methods, as_json, **opts):
     """
     from memplan.planner import compare as run
 
-    rows = run(opts["model"], _names(methods), gpu=gpu, gpu_file=opts["gpu_file"], **config_kwargs(opts))
+    rows = run(opts["model"], _names(methods, "--methods"), gpu=gpu, gpu_file=opts["gpu_file"], **config_kwargs(opts))
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
@@ -130,8 +141,9 @@ def sweep(method, ranks, batch_sizes, seq_lens, gpu, as_csv, as_json, **opts):
 
     if as_csv and as_json:
         raise MemplanError("Give --csv or --json, not both.")
-    rows = run(opts["model"], method, ranks=_ints(ranks, "--ranks"), batch_sizes=_ints(batch_sizes, "--batch-sizes"),
-               seq_lens=_ints(seq_lens, "--seq-lens"), gpu=gpu, gpu_file=opts["gpu_file"], **config_kwargs(opts))
+    rows = run(opts["model"], method, ranks=_ints(ranks, "--ranks", limits.RANK),
+               batch_sizes=_ints(batch_sizes, "--batch-sizes", limits.BATCH),
+               seq_lens=_ints(seq_lens, "--seq-lens", limits.SEQ), gpu=gpu, gpu_file=opts["gpu_file"], **config_kwargs(opts))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif as_csv:
@@ -163,6 +175,8 @@ def plan(method, gpus, gpu_counts, layouts, sort, top, min_headroom, as_json, **
     single GPU, DDP, ZeRO-1/2/3 (FSDP). --batch-size is the micro-batch per GPU.
     Prices come from the GPU profiles (dated; override with --gpu-file).
 
+    Exit codes: 0 when something fits, 3 when nothing fits ("Nothing fits"), 2 for bad input.
+
     \b
     Example:
       memplan plan --model llama-13b --method galore8bit --batch-size 4 --seq-len 2048
@@ -173,15 +187,19 @@ def plan(method, gpus, gpu_counts, layouts, sort, top, min_headroom, as_json, **
     from memplan.planner import plan as run
 
     kw = config_kwargs(opts)
-    if min_headroom < 0:
-        raise MemplanError(f"--min-headroom must be 0 or more GiB, got {min_headroom}.")
-    rows = run(opts["model"], method, gpus=_names(gpus), gpu_counts=_ints(gpu_counts, "--gpu-counts"),
-               layouts=_names(layouts), gpu_file=opts["gpu_file"], sort=sort,
-               min_headroom=int(min_headroom * GiB), **kw)
+    headroom = limits.check_float(min_headroom, limits.HEADROOM_GIB, "--min-headroom (GiB)")
+    if top is not None and top < 1:
+        raise MemplanError(f"--top must be 1 or more, got {top}: it keeps the N cheapest rows.")
+    rows = run(opts["model"], method, gpus=_names(gpus, "--gpus"),
+               gpu_counts=_ints(gpu_counts, "--gpu-counts", limits.GPU_COUNT),
+               layouts=_names(layouts, "--layouts"), gpu_file=opts["gpu_file"], sort=sort,
+               min_headroom=int(headroom * GiB), **kw)
     if top is not None:
-        rows = rows[:max(top, 0)]
+        rows = rows[:top]
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        if not rows:
+            raise SystemExit(NOTHING_FITS)
         return
     config = make_config(opts["model"], method, **kw)
     if not rows:
@@ -189,8 +207,8 @@ def plan(method, gpus, gpu_counts, layouts, sort, top, min_headroom, as_json, **
         click.echo(f"Nothing fits: {config.model.name} {config.method}, batch {config.batch_size} per GPU x seq "
                    f"{config.seq_len}, on any GPU profile and count considered. Try "
                    + ", ".join(hints + ["a smaller --batch-size or --seq-len", "--gpu-counts 16"]) + ".")
-        return
-    click.echo(plan_table(rows, config, int(min_headroom * GiB)))
+        raise SystemExit(NOTHING_FITS)
+    click.echo(plan_table(rows, config, int(headroom * GiB)))
 
 
 COMMANDS = [fit, compare, sweep, plan]

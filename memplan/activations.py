@@ -116,6 +116,10 @@ def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_r
     # LoRA / low-rank: each adapted linear saves A x (t x r) for B's backward
     rank_extra = adapters_per_block * c * t * adapter_rank
     block = _BLOCKS[p.family](p, t, c, x, rank_extra)
+    if p.num_local_experts:  # a mixture of experts replaces the dense MLP: memplan/moe.py
+        from memplan.moe import moe_block_delta
+
+        block += moe_block_delta(p, t, c)
     rms = p.family == "llama"
     outside = (
         _norm_saved(t, h, c, x, rms) + c * t * h  # final norm and its output, the head's input

@@ -15,9 +15,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
+from memplan import limits
 from memplan.activations import activations
 from memplan.errors import MemplanError
-from memplan.inventory import _inventory, resolve_targets
+from memplan.inventory import resolve_targets, shape_groups
 from memplan.methods import METHODS, Method, Shape, get_method
 from memplan.phases import StepTerms, compose
 from memplan.profiles import GPUProfile, ModelProfile, load_gpu, load_model
@@ -70,23 +71,45 @@ class TrainingConfig:
         check_config(self)
 
 
-def _positive(name: str, value, flag: str):
+def _positive(name: str, value, flag: str, bound):
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise MemplanError(f"{name} must be a positive integer, got {value!r}. Use {flag} N with N >= 1.")
+    limits.check_int(value, bound, f"{name} ({flag})")
 
 
 def check_config(c: TrainingConfig) -> None:
     method = get_method(c.method)
+    if not isinstance(c.model, ModelProfile):
+        raise MemplanError(f"TrainingConfig.model must be a ModelProfile (see memplan.load_model), got {c.model!r}.")
     if c.precision not in PRECISIONS:
         from memplan.errors import unknown
 
-        raise unknown("precision", c.precision, PRECISIONS, "memplan estimate --help")
-    _positive("Batch size", c.batch_size, "--batch-size")
-    _positive("Sequence length", c.seq_len, "--seq-len")
-    _positive("Update gap", c.update_gap, "--update-gap")
+        raise unknown("precision", str(c.precision), PRECISIONS, "memplan estimate --help")
+    _positive("Batch size", c.batch_size, "--batch-size", limits.BATCH)
+    _positive("Sequence length", c.seq_len, "--seq-len", limits.SEQ)
+    _positive("Update gap", c.update_gap, "--update-gap", limits.UPDATE_GAP)
     _check_impl_options(c, method)
+    for flag in ("layerwise", "checkpointing"):
+        if not isinstance(getattr(c, flag), bool):
+            raise MemplanError(f"{flag} must be True or False, got {getattr(c, flag)!r}.")
+    if c.train_non_target is not None:
+        if not isinstance(c.train_non_target, bool):
+            raise MemplanError(f"train_non_target must be True, False or None, got {c.train_non_target!r}.")
+        if not method.adapter:
+            raise MemplanError(f"--train-non-target / --freeze-non-target apply to adapter methods (lora, relora, "
+                               f"lowrank) only; '{method.name}' trains every parameter. Drop the option.")
+    window = c.model.sliding_window
+    if window and c.seq_len > window:
+        raise MemplanError(f"Sequence length {c.seq_len:,} is longer than {c.model.name}'s attention window "
+                           f"(config key 'sliding_window' = {window:,}): the windowed attention mask that longer "
+                           f"sequences need is not modelled. Use --seq-len {window} or less.")
+    if c.model.num_local_experts and c.precision != "bf16":
+        raise MemplanError(f"{c.model.name} is a mixture of experts: only --precision bf16 is modelled "
+                           "(transformers' default grouped_mm experts run in bf16).")
+    if c.target_modules is not None:
+        resolve_targets(c.model, c.target_modules)  # each name must match a weight: a typo is an error
     if method.uses_rank:
-        _positive("Rank", c.rank, "--rank")
+        _positive("Rank", c.rank, "--rank", limits.RANK)
         k = _smallest_projected_dim(c.model, c.target_modules)
         if c.rank > k:
             raise MemplanError(f"Rank {c.rank} is larger than the smallest projected dimension ({k}) of "
@@ -106,16 +129,19 @@ def _check_impl_options(c: TrainingConfig, method: Method) -> None:
 
 
 def _smallest_projected_dim(model: ModelProfile, targets) -> int:
-    return min(min(s.shape) for s in _inventory(model, resolve_targets(model, targets)) if s.projected)
+    return min(min(s.shape) for s, _ in shape_groups(model, resolve_targets(model, targets)) if s.projected)
 
 
 @lru_cache(maxsize=512)
 def _groups(model: ModelProfile, targets: tuple[str, ...]) -> tuple[tuple[Shape, str, int], ...]:
     """The inventory as (shape, role, count) groups: a handful per model."""
     counts = Counter()
-    for s in _inventory(model, targets):
+    for s, count in shape_groups(model, targets):
+        if len(s.shape) == 3:  # (experts, m, n): E matrices for the optimizer state, never projected
+            counts[(Shape(s.shape[1], s.shape[2], False), "expert")] += count * s.shape[0]
+            continue
         m, n = (s.shape[0], s.shape[1]) if len(s.shape) == 2 else (s.numel, 1)
-        counts[(Shape(m, n, s.projected), s.role)] += 1
+        counts[(Shape(m, n, s.projected), s.role)] += count
     return tuple((shape, role, n) for (shape, role), n in counts.items())
 
 
@@ -165,7 +191,7 @@ def _sequence_temps(impl, order, r: int, grad_bytes: int, kn) -> tuple[int, int]
 
 @lru_cache(maxsize=512)
 def _adapted_per_block(model: ModelProfile, targets) -> int:
-    return sum(1 for s in _inventory(model, targets) if s.projected) // model.num_hidden_layers
+    return sum(1 for s, _ in shape_groups(model, targets) if s.projected)
 
 
 @dataclass(frozen=True)
@@ -291,7 +317,14 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
             continue
         n_trainable += n * numel
         grads += n * numel * gb
+        if role == "expert":  # one 3-D parameter holds all E experts: n counts experts, the rules see it whole
+            E = c.model.num_local_experts
+            col = shape.n
+            shape, n = Shape(shape.m * E, shape.n, False), n // E
+            numel = shape.numel
         st, pj = impl.state(shape, r, s, kn)
+        if role == "expert" and method.name == "adafactor":
+            st += (E - 1) * col * 4  # Adafactor factors over the last two dims: a column factor per expert
         states += n * st
         projs += n * pj
         largest_grad = max(largest_grad, numel * gb)
@@ -343,7 +376,7 @@ def make_config(model, method: str | None = None, **options) -> TrainingConfig:
                            f"Allowed: {', '.join(f for f in TrainingConfig.__dataclass_fields__ if f != 'model')}.")
     if isinstance(options.get("target_modules"), (str, list)):
         options["target_modules"] = resolve_targets(profile, options["target_modules"])
-    return TrainingConfig(model=profile, method=get_method(method or "adamw").name, **options)
+    return TrainingConfig(model=profile, method=get_method("adamw" if method is None else method).name, **options)
 
 
 def estimate(model, method: str = "adamw", *, gpu=None, gpu_file=None, **options) -> Estimate:

@@ -11,10 +11,11 @@ defaults are used by `memplan.optim.projected_param_groups`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from memplan.errors import MemplanError
+from memplan.errors import MemplanError, did_you_mean
 from memplan.profiles import ModelProfile
 
 DEFAULT_TARGET_MODULES = {
@@ -74,6 +75,9 @@ def _llama(p: ModelProfile, t):
         yield from _linear(f"{b}.self_attn.v_proj", kv, h, "attention", ab, t)
         yield from _linear(f"{b}.self_attn.o_proj", h, h, "attention", ab, t)
         yield TensorSpec(f"{b}.post_attention_layernorm.weight", (h,), "norm")
+        if p.num_local_experts:
+            yield from moe_tensors(p, f"{b}.mlp")
+            continue
         yield from _linear(f"{b}.mlp.gate_proj", i, h, "mlp", mb, t)
         yield from _linear(f"{b}.mlp.up_proj", i, h, "mlp", mb, t)
         yield from _linear(f"{b}.mlp.down_proj", h, i, "mlp", mb, t)
@@ -159,20 +163,47 @@ _BUILDERS = {"llama": _llama, "bert": _bert, "opt": _opt, "gpt2": _gpt2}
 
 
 def resolve_targets(profile: ModelProfile, target_modules=None) -> tuple[str, ...]:
-    """The target modules as a tuple: the family default, or the user's list (checked)."""
+    """The target modules as a tuple: the family default, or the user's list (each one checked)."""
     if target_modules is None:
         return DEFAULT_TARGET_MODULES[profile.family]
     if isinstance(target_modules, str):
-        target_modules = [s.strip() for s in target_modules.split(",")]
-    targets = tuple(sorted({s for s in target_modules if s}))
+        target_modules = target_modules.split(",")
+    if not all(isinstance(s, str) for s in target_modules):
+        raise MemplanError(f"Target modules must be module names such as 'q_proj,v_proj', got {target_modules!r}.")
+    targets = tuple(sorted({s.strip() for s in target_modules if s.strip()}))
     if not targets:
         raise MemplanError("--target-modules is empty: give module names such as 'q_proj,v_proj'.")
-    hit = _inventory(profile, targets)
-    if not any(s.projected for s in hit):
-        raise MemplanError(
-            f"None of the target modules {', '.join(targets)} matches a 2-D weight of {profile.name}. "
-            f"Defaults for this model: {','.join(DEFAULT_TARGET_MODULES[profile.family])}.")
+    return _check_targets(profile, targets)
+
+
+@lru_cache(maxsize=256)
+def _check_targets(profile: ModelProfile, targets: tuple[str, ...]) -> tuple[str, ...]:
+    """Every target must match a projectable (2-D attention or MLP) weight: a typo is an error, not a no-op."""
+    modules = [s.name[: -len(".weight")] for s, _ in shape_groups(profile, ())
+               if len(s.shape) == 2 and s.name.endswith(".weight") and s.role in ("attention", "mlp")]
+    defaults = ",".join(DEFAULT_TARGET_MODULES[profile.family])
+    for t in targets:
+        if not any(is_target(m, (t,)) for m in modules):
+            leaves = {m.rsplit(".", 1)[-1] for m in modules}
+            raise MemplanError(f"Target module '{t}' matches no 2-D weight of {profile.name}.{did_you_mean(t, leaves)} "
+                               f"Defaults for this model: {defaults}.")
     return targets
+
+
+# a block's tensors are named '<prefix>.layers.0.', '.layer.0.' (BERT) or '.h.0.' (GPT-2)
+_FIRST_BLOCK = re.compile(r"\.(?:layers|layer|h)\.0\.")
+
+
+@lru_cache(maxsize=512)
+def shape_groups(profile: ModelProfile, targets: tuple[str, ...]) -> tuple[tuple[TensorSpec, int], ...]:
+    """The inventory as (tensor, how many): the first block's tensors stand for every block.
+
+    Built from a one-block copy of the model, so its cost does not grow with the depth
+    (every block of a family has the same tensors).
+    """
+    one = replace(profile, num_hidden_layers=1)
+    L = profile.num_hidden_layers
+    return tuple((s, L if _FIRST_BLOCK.search(s.name) else 1) for s in _inventory(one, targets))
 
 
 @lru_cache(maxsize=256)
@@ -189,4 +220,9 @@ def inventory(model, target_modules=None) -> tuple[TensorSpec, ...]:
 
 
 def parameter_count(model) -> int:
-    return sum(s.numel for s in inventory(model))
+    from memplan.profiles import load_model
+
+    return sum(s.numel * n for s, n in shape_groups(load_model(model), ()))
+
+
+from memplan.moe import moe_tensors  # noqa: E402  (moe.py uses TensorSpec from this module)

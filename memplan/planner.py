@@ -28,9 +28,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterable
 
+from memplan import limits
 from memplan.errors import MemplanError
 from memplan.estimator import Estimate, TrainingConfig, capacity_bytes, estimate_config, make_config
-from memplan.inventory import inventory
+from memplan.inventory import resolve_targets, shape_groups
 from memplan.methods import METHODS, get_method
 from memplan.parallel import LAYOUTS, check_layout, shard
 from memplan.profiles import GPUProfile, load_gpu, load_gpus
@@ -44,16 +45,6 @@ GPU_COUNTS = (1, 2, 4, 8)
 
 def resolve_gpu(gpu: "str | GPUProfile", gpu_file=None) -> GPUProfile:
     """A GPU profile id, a GPUProfile, or 'local' / 'local:N' (this machine's GPU N, via NVML)."""
-    if isinstance(gpu, GPUProfile):
-        return gpu
-    text = str(gpu).strip().lower()
-    if text == "local" or text.startswith("local:"):
-        from memplan.gpu_local import local_gpu
-
-        index = text.partition(":")[2] or "0"
-        if not index.isdigit():
-            raise MemplanError(f"Bad local GPU '{gpu}': use 'local' or 'local:N' with N the GPU index (0, 1, ...).")
-        return local_gpu(int(index))
     return load_gpu(gpu, gpu_file)
 
 
@@ -99,6 +90,8 @@ def _search(field: str, limit: int, model, gpu, method, gpu_file, layout, num_gp
     config = make_config(model, method, **options)
     g = resolve_gpu(gpu, gpu_file)
     layout = check_layout(layout, num_gpus, config.layerwise)
+    if field == "seq_len" and config.model.sliding_window:  # longer sequences are not modelled (estimator)
+        limit = min(limit, config.model.sliding_window)
     return largest(lambda n: fits(replace(config, **{field: n}), g, layout, num_gpus, min_headroom), limit)
 
 
@@ -126,7 +119,8 @@ def max_seq_len(model, gpu, method: str | None = None, *, gpu_file=None, layout:
 
 def rank_limit(config: TrainingConfig) -> int:
     """The largest rank a config can take: the smallest dimension of its projected weights."""
-    return min(min(t.shape) for t in inventory(config.model, config.target_modules) if t.projected)
+    targets = resolve_targets(config.model, config.target_modules)
+    return min(min(t.shape) for t, _ in shape_groups(config.model, targets) if t.projected)
 
 
 def max_rank(model, gpu, method: str | None = None, *, gpu_file=None, layout: str = "single",
@@ -169,19 +163,33 @@ def _methods(methods) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _adapter_option(names: list[str], options: dict) -> tuple[bool | None, dict]:
+    """train_non_target applies to the adapter methods among `names` only (an error when there are none)."""
+    options = dict(options)
+    tnt = options.pop("train_non_target", None)
+    if tnt is not None and not any(METHODS[n].adapter for n in names):
+        raise MemplanError("--train-non-target / --freeze-non-target apply to adapter methods (lora, relora, "
+                           "lowrank) only, and none of the methods chosen is one.")
+    return tnt, options
+
+
 def fit_report(model, gpu, methods=None, *, gpu_file=None, layerwise: Iterable[bool] = (False, True),
                checkpointing: Iterable[bool] = (False, True), **options) -> list[FitRow]:
     """For every method x per-layer update x checkpointing: the fit and the largest sizes.
 
-    `options`: TrainingConfig fields shared by all rows (rank, batch_size, seq_len, precision, ...).
+    `options`: TrainingConfig fields shared by all rows (rank, batch_size, seq_len, precision, ...);
+    `train_non_target` applies to the adapter methods among them.
     """
     g = resolve_gpu(gpu, gpu_file)
     cap = capacity_bytes(g)
+    names = _methods(methods)
+    tnt, options = _adapter_option(names, options)
     rows = []
-    for name in _methods(methods):
+    for name in names:
         for lw in layerwise:
             for ck in checkpointing:
-                c = make_config(model, name, layerwise=lw, checkpointing=ck, **options)
+                c = make_config(model, name, layerwise=lw, checkpointing=ck,
+                                train_non_target=tnt if METHODS[name].adapter else None, **options)
                 need = estimate_config(c).device_total_bytes
                 uses_rank = METHODS[name].uses_rank
                 rows.append(FitRow(
@@ -212,11 +220,13 @@ class CompareRow:
 def compare(model, methods=None, *, gpu=None, gpu_file=None, **options) -> list[CompareRow]:
     """Every method (or `methods`) with the same options, sorted by peak; savings against AdamW."""
     g = resolve_gpu(gpu, gpu_file) if gpu is not None else None
+    names = _methods(methods)
+    tnt, options = _adapter_option(names, options)
     base = make_config(model, "adamw", **options)
     adamw_peak = estimate_config(base).peak_bytes
     rows = []
-    for name in _methods(methods):
-        est = estimate_config(replace(base, method=name), g)
+    for name in names:
+        est = estimate_config(replace(base, method=name, train_non_target=tnt if METHODS[name].adapter else None), g)
         saved = adamw_peak - est.peak_bytes
         rows.append(CompareRow(name, est, saved, saved / adamw_peak))
     return sorted(rows, key=lambda r: (r.estimate.peak_bytes, r.method))
@@ -238,6 +248,10 @@ def sweep(model, method: str = "galore", *, ranks=None, batch_sizes=None, seq_le
                            "adapter method (see 'memplan methods').")
     grid = {"rank": ranks, "batch_size": batch_sizes, "seq_len": seq_lens}
     axes = {f: list(v) if v is not None else [getattr(base, f)] for f, v in grid.items()}
+    cells = len(axes["rank"]) * len(axes["batch_size"]) * len(axes["seq_len"])
+    if cells > limits.SWEEP_CELLS:
+        raise MemplanError(f"The sweep has {cells:,} combinations; at most {limits.SWEEP_CELLS:,} are estimated "
+                           "at once (about a second). Give fewer ranks, batch sizes or sequence lengths.")
     rows = []
     for r in axes["rank"]:
         for b in axes["batch_size"]:
@@ -306,14 +320,21 @@ def plan(model, method: str = "adamw", *, gpus=None, gpu_counts=GPU_COUNTS, layo
     """
     if sort not in ("hour", "purchase"):
         raise MemplanError(f"Unknown sort '{sort}'. Allowed: hour, purchase.")
+    if isinstance(min_headroom, bool) or not isinstance(min_headroom, int) or min_headroom < 0:
+        raise MemplanError(f"min_headroom must be a non-negative number of bytes, got {min_headroom!r}.")
     config = make_config(model, method, **options)
     if layouts is not None:
         from memplan.parallel import resolve_layout
 
         layouts = {resolve_layout(lay) for lay in layouts}
-    counts = sorted({int(n) for n in gpu_counts})
-    if not counts or counts[0] < 1:
-        raise MemplanError(f"GPU counts must be positive integers, got {list(gpu_counts)}.")
+    counts = sorted({limits.check_int(n, limits.GPU_COUNT, "A GPU count") for n in gpu_counts})
+    if not counts:
+        raise MemplanError("No GPU counts given: use e.g. --gpu-counts 1,2,4,8.")
+    if layouts is not None and not layouts:
+        raise MemplanError("No layouts given: use e.g. --layouts single,ddp,zero3 (or leave the option out).")
+    if config.layerwise and (1 not in counts or (layouts is not None and "single" not in layouts)):
+        raise MemplanError("The per-layer update (--layerwise) is single-GPU only: include 1 in --gpu-counts "
+                           "(and 'single' in --layouts), or drop --layerwise.")
     pool = load_gpus(gpu_file)
     chosen = list(pool.values()) if gpus is None else [resolve_gpu(x, gpu_file) for x in gpus]
     rows = []

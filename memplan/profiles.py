@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from memplan import limits
 from memplan.errors import MemplanError, unknown
 from memplan.units import MiB
 
@@ -31,6 +32,7 @@ FAMILIES = {
     "xlm-roberta": "bert",
     "opt": "opt",
     "gpt2": "gpt2",
+    "mixtral": "llama",  # LLaMA attention and norms; each block's MLP is a mixture of experts (memplan/moe.py)
 }
 
 
@@ -56,8 +58,33 @@ class ModelProfile:
     word_embed_proj_dim: int = 0  # OPT: embedding width when it differs from hidden_size
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
+    sliding_window: int = 0  # Mistral: attention window; 0: none. Longer sequences are refused (not modelled)
+    num_local_experts: int = 0  # Mixtral MoE: experts per block (0: a dense MLP); see memplan/moe.py
+    num_experts_per_tok: int = 0  # MoE top-k: experts each token is routed to
     description: str = ""
     source: str = "built-in"
+
+    def __post_init__(self):
+        # the same bounds as config.json reading, for profiles built in Python (docs/limits.md)
+        L = limits
+        for key, bound in (("hidden_size", L.HIDDEN), ("intermediate_size", L.FFN), ("num_attention_heads", L.HEADS),
+                           ("num_key_value_heads", L.HEADS), ("num_hidden_layers", L.LAYERS), ("vocab_size", L.VOCAB),
+                           ("max_position_embeddings", L.POSITIONS)):
+            limits.check_int(getattr(self, key), bound, f"Model {self.name!r}: {key}")
+        for key, bound in (("type_vocab_size", L.TYPE_VOCAB), ("word_embed_proj_dim", L.HIDDEN),
+                           ("sliding_window", L.POSITIONS), ("num_local_experts", L.EXPERTS),
+                           ("num_experts_per_tok", L.EXPERTS)):
+            if getattr(self, key) != 0:
+                limits.check_int(getattr(self, key), bound, f"Model {self.name!r}: {key}")
+        if bool(self.num_local_experts) != bool(self.num_experts_per_tok) or \
+                self.num_experts_per_tok > self.num_local_experts:
+            raise MemplanError(f"Model {self.name!r}: num_experts_per_tok ({self.num_experts_per_tok}) must be "
+                               f"between 1 and num_local_experts ({self.num_local_experts}) for a MoE model, "
+                               "and both 0 for a dense one.")
+        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.num_key_value_heads:
+            raise MemplanError(f"Model {self.name!r}: hidden_size {self.hidden_size} must be divisible by "
+                               f"num_attention_heads {self.num_attention_heads}, itself a multiple of "
+                               f"num_key_value_heads {self.num_key_value_heads}.")
 
     @property
     def head_dim(self) -> int:
@@ -117,87 +144,172 @@ def _natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def _need(cfg: dict, key: str, where: str, typ=int, default=None):
-    if key not in cfg:
-        if default is not None:
+class _Reader:
+    """Typed, bounded reads of one config.json: every bad value is a MemplanError naming its key."""
+
+    def __init__(self, cfg: dict, where: str):
+        self.cfg, self.where = cfg, where
+
+    def has(self, key: str) -> bool:
+        return self.cfg.get(key) is not None
+
+    def integer(self, key: str, bound, default=None) -> int:
+        val = self.cfg.get(key)
+        if val is None:
+            if default is None:
+                raise MemplanError(f"{self.where}: missing key '{key}' (expected a positive integer).")
             return default
-        raise MemplanError(f"{where}: missing key '{key}' (expected {typ.__name__}).")
-    val = cfg[key]
-    if typ is int and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):
-        raise MemplanError(f"{where}: key '{key}' must be a positive integer, got {val!r}.")
-    if typ is bool and not isinstance(val, bool):
-        raise MemplanError(f"{where}: key '{key}' must be true or false, got {val!r}.")
-    if typ is float and (isinstance(val, bool) or not isinstance(val, (int, float))):
-        raise MemplanError(f"{where}: key '{key}' must be a number, got {val!r}.")
-    return val
+        if isinstance(val, str):
+            raise MemplanError(f"{self.where}: key '{key}' must be a number, got the string {val!r}.")
+        return limits.check_int(val, bound, f"{self.where}: key '{key}'")
+
+    def flag(self, key: str, default: bool) -> bool:
+        val = self.cfg.get(key)
+        if val is None:
+            return default
+        if not isinstance(val, bool):
+            raise MemplanError(f"{self.where}: key '{key}' must be true or false, got {val!r}.")
+        return val
+
+    def number(self, key: str, bound, default: float) -> float:
+        val = self.cfg.get(key)
+        if val is None:
+            return default
+        if isinstance(val, str):
+            raise MemplanError(f"{self.where}: key '{key}' must be a number, got the string {val!r}.")
+        return limits.check_float(val, bound, f"{self.where}: key '{key}'", low_open=True)
+
+    def text(self, key: str, default: str) -> str:
+        val = self.cfg.get(key)
+        if val is None:
+            return default
+        if not isinstance(val, str) or len(val) > 64:
+            raise MemplanError(f"{self.where}: key '{key}' must be a short string such as {default!r}, got {val!r}.")
+        return val
+
+    def refuse(self, key: str, why: str) -> None:
+        raise MemplanError(f"{self.where}: key '{key}' ({self.cfg[key]!r}): {why}")
+
+
+# Keys that change the architecture in ways memplan does not model: refused, naming the key,
+# rather than estimated as a plain dense model (a silent wrong answer).
+_UNMODELLED = {
+    "quantization_config": "quantized weights (bitsandbytes, GPTQ, AWQ, ...) are not modelled; memplan "
+                           "estimates training the unquantized model. Remove the key to estimate that.",
+    "add_cross_attention": "cross-attention layers are not modelled (decoder-only and encoder-only models are).",
+    "is_encoder_decoder": "encoder-decoder models are not modelled (decoder-only and encoder-only models are).",
+    "use_sliding_window": "sliding-window attention is modelled only as Mistral's 'sliding_window'.",
+    "layer_types": "models mixing attention types per layer are not modelled.",
+}
+_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok",
+             "moe_intermediate_size", "shared_expert_intermediate_size")
+MOE_TYPES = ("mixtral",)
+
+
+def _check_unmodelled(r: _Reader, family: str, mtype: str) -> None:
+    for key, why in _UNMODELLED.items():
+        val = r.cfg.get(key)
+        if val is None or val is False or (key == "layer_types" and isinstance(val, list)
+                                           and all(v == "full_attention" for v in val)):
+            continue
+        r.refuse(key, why)
+    if mtype not in MOE_TYPES:
+        for key in _MOE_KEYS:
+            if r.cfg.get(key) not in (None, 0):
+                r.refuse(key, f"a mixture of experts under model_type '{mtype}', which memplan does not model "
+                              "as one. Mixtral-style MoE decoders are modelled with model_type \"mixtral\".")
+    if family == "bert" and r.cfg.get("position_embedding_type", "absolute") != "absolute":
+        r.refuse("position_embedding_type", "relative position embeddings are not modelled (only 'absolute').")
 
 
 def model_from_config(cfg: dict, name: str, where: str, description: str = "") -> ModelProfile:
-    """Build a ModelProfile from a Hugging Face config.json dict."""
+    """Build a ModelProfile from a Hugging Face config.json dict (strictly: types, bounds, features)."""
     if not isinstance(cfg, dict):
         raise MemplanError(f"{where}: expected a JSON object (a Hugging Face config.json), got {type(cfg).__name__}.")
     mtype = cfg.get("model_type")
     if mtype is None:
         raise MemplanError(f"{where}: missing key 'model_type' (a Hugging Face config.json has it, e.g. \"llama\").")
-    family = FAMILIES.get(str(mtype))
+    family = FAMILIES.get(mtype) if isinstance(mtype, str) else None
     if family is None:
         raise MemplanError(
-            f"{where}: unsupported model_type '{mtype}'. Supported: {', '.join(sorted(FAMILIES))} "
-            "(LLaMA-style decoders with GQA, BERT/RoBERTa encoders, OPT/GPT-2 decoders)."
-        )
-    g = lambda key, typ=int, default=None: _need(cfg, key, where, typ, default)  # noqa: E731
+            f"{where}: unsupported model_type {str(mtype)[:64]!r}. Supported: {', '.join(sorted(FAMILIES))} "
+            "(LLaMA-style decoders with GQA, Mixtral MoE decoders, BERT/RoBERTa encoders, OPT/GPT-2 decoders).")
+    r = _Reader(cfg, where)
+    _check_unmodelled(r, family, mtype)
+    L = limits
     if family == "gpt2":
-        h = g("n_embd")
+        h = r.integer("n_embd", L.HIDDEN)
         common = dict(
-            hidden_size=h, intermediate_size=cfg.get("n_inner") or 4 * h,
-            num_attention_heads=g("n_head"), num_hidden_layers=g("n_layer"),
-            max_position_embeddings=g("n_positions"), hidden_act=str(cfg.get("activation_function", "gelu_new")),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)), attention_bias=True, mlp_bias=True,
+            hidden_size=h, intermediate_size=r.integer("n_inner", L.FFN, default=4 * h),
+            num_attention_heads=r.integer("n_head", L.HEADS), num_hidden_layers=r.integer("n_layer", L.LAYERS),
+            max_position_embeddings=r.integer("n_positions", L.POSITIONS),
+            hidden_act=r.text("activation_function", "gelu_new"),
+            tie_word_embeddings=r.flag("tie_word_embeddings", True), attention_bias=True, mlp_bias=True,
         )
         common["num_key_value_heads"] = common["num_attention_heads"]
     else:
-        h = g("hidden_size")
-        heads = g("num_attention_heads")
-        inter_key = "ffn_dim" if family == "opt" else "intermediate_size"
+        h = r.integer("hidden_size", L.HIDDEN)
+        heads = r.integer("num_attention_heads", L.HEADS)
         common = dict(
-            hidden_size=h, intermediate_size=g(inter_key), num_attention_heads=heads,
-            num_key_value_heads=g("num_key_value_heads", default=heads), num_hidden_layers=g("num_hidden_layers"),
-            max_position_embeddings=g("max_position_embeddings", default=2048),
-            hidden_act=str(cfg.get("hidden_act", cfg.get("activation_function", "silu"))),
+            hidden_size=h, intermediate_size=r.integer("ffn_dim" if family == "opt" else "intermediate_size", L.FFN),
+            num_attention_heads=heads, num_key_value_heads=r.integer("num_key_value_heads", L.HEADS, default=heads),
+            num_hidden_layers=r.integer("num_hidden_layers", L.LAYERS),
+            max_position_embeddings=r.integer("max_position_embeddings", L.POSITIONS, default=2048),
+            hidden_act=r.text("hidden_act", r.text("activation_function", "silu")),
         )
         if family == "llama":
             common.update(
-                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                attention_bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)),
-                rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(cfg.get("rope_theta", 10000.0)),
+                tie_word_embeddings=r.flag("tie_word_embeddings", False),
+                attention_bias=r.flag("attention_bias", False), mlp_bias=r.flag("mlp_bias", False),
+                rms_norm_eps=r.number("rms_norm_eps", L.EPS, 1e-6),
+                rope_theta=r.number("rope_theta", L.ROPE_THETA, 10000.0),
+                sliding_window=r.integer("sliding_window", L.POSITIONS, default=0),
             )
+            if mtype in MOE_TYPES:
+                common.update(_moe_fields(r))
         elif family == "bert":
-            common.update(tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)), attention_bias=True,
-                          mlp_bias=True, type_vocab_size=int(cfg.get("type_vocab_size", 2)))
+            common.update(tie_word_embeddings=r.flag("tie_word_embeddings", True), attention_bias=True,
+                          mlp_bias=True, type_vocab_size=r.integer("type_vocab_size", L.TYPE_VOCAB, default=2))
         else:  # opt
-            bias = bool(cfg.get("enable_bias", True))
-            common.update(tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)), attention_bias=bias,
-                          mlp_bias=bias, word_embed_proj_dim=int(cfg.get("word_embed_proj_dim", h)))
-    vocab = g("vocab_size")
+            bias = r.flag("enable_bias", True)
+            common.update(tie_word_embeddings=r.flag("tie_word_embeddings", True), attention_bias=bias,
+                          mlp_bias=bias, word_embed_proj_dim=r.integer("word_embed_proj_dim", L.HIDDEN, default=h))
+    vocab = r.integer("vocab_size", L.VOCAB)
+    if r.has("head_dim") and r.integer("head_dim", L.HIDDEN) * common["num_attention_heads"] != common["hidden_size"]:
+        r.refuse("head_dim", "a head width other than hidden_size / num_attention_heads is not modelled.")
     if common["hidden_size"] % common["num_attention_heads"]:
         raise MemplanError(f"{where}: hidden size {common['hidden_size']} is not divisible by the number of "
                            f"attention heads {common['num_attention_heads']}.")
     if common["num_attention_heads"] % common["num_key_value_heads"]:
         raise MemplanError(f"{where}: num_attention_heads {common['num_attention_heads']} is not a multiple of "
                            f"num_key_value_heads {common['num_key_value_heads']}.")
-    return ModelProfile(name=name, family=family, model_type=str(mtype), vocab_size=vocab,
+    return ModelProfile(name=name, family=family, model_type=mtype, vocab_size=vocab,
                         description=description, source=where, **common)
+
+
+def _moe_fields(r: _Reader) -> dict:
+    """Mixtral: experts, router and top-k (memplan/moe.py models them)."""
+    experts = r.integer("num_local_experts", limits.EXPERTS)
+    top_k = r.integer("num_experts_per_tok", limits.EXPERTS)
+    if top_k > experts:
+        raise MemplanError(f"{r.where}: key 'num_experts_per_tok' ({top_k}) is larger than 'num_local_experts' "
+                           f"({experts}): each token is routed to at most every expert.")
+    if r.cfg.get("router_jitter_noise") not in (None, 0):
+        r.refuse("router_jitter_noise", "router jitter in training (an extra noise tensor per MoE block) is not "
+                                        "modelled; set it to 0.")
+    if r.flag("output_router_logits", False):
+        r.refuse("output_router_logits", "the auxiliary load-balancing loss (router logits of every layer kept "
+                                         "until the loss) is not modelled; set it to false.")
+    return dict(num_local_experts=experts, num_experts_per_tok=top_k)
 
 
 def _read_json(path, where: str) -> dict:
     try:
-        text = path.read_text()
+        with Path(path).open("rb") if isinstance(path, str) else path.open("rb") as f:  # stops past the limit
+            data = f.read(limits.FILE_BYTES + 1)
     except OSError as e:
         raise MemplanError(f"Cannot read {where}: {e.strerror or e}.") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise MemplanError(f"{where} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.") from None
+    return limits.parse_json(data, where)
 
 
 @lru_cache(maxsize=64)
@@ -213,6 +325,9 @@ def load_model(spec: "str | os.PathLike | ModelProfile") -> ModelProfile:
     if isinstance(spec, ModelProfile):
         return spec
     text = str(spec)
+    if not text.strip():
+        raise MemplanError("No model given: use a built-in profile name (see 'memplan models') or the path to "
+                           "a Hugging Face config.json or the folder holding it.")
     if text in _builtin_model_files():
         return _load_builtin(text)
     path = Path(text).expanduser()
@@ -250,17 +365,16 @@ def _gpu_from_table(gid: str, table: dict, where: str, base: GPUProfile | None =
                                f"Allowed keys: {', '.join(k for k in _GPU_FIELDS if k != 'id')}.")
         typ = _GPU_FIELDS[key].type
         if key in ("memory_mib", "usable_mib"):
-            if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
-                raise MemplanError(f"{where}: GPU '{gid}' key '{key}' must be a positive integer (MiB), got {val!r}.")
+            limits.check_int(val, limits.GPU_MIB, f"{where}: GPU '{gid}' key '{key}' (MiB)")
         elif key in ("memory_bandwidth_gbs", "price_per_hour_usd", "price_purchase_usd"):
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or val < 0:
-                raise MemplanError(f"{where}: GPU '{gid}' key '{key}' must be a non-negative number, got {val!r}.")
-            val = float(val)
+            bound = limits.BANDWIDTH_GBS if key == "memory_bandwidth_gbs" else limits.PRICE_USD
+            val = limits.check_float(val, bound, f"{where}: GPU '{gid}' key '{key}'")
         elif key == "bf16":
             if not isinstance(val, bool):
                 raise MemplanError(f"{where}: GPU '{gid}' key 'bf16' must be true or false, got {val!r}.")
-        elif "str" in str(typ) and not isinstance(val, str):
-            raise MemplanError(f"{where}: GPU '{gid}' key '{key}' must be a string, got {val!r}.")
+        elif "str" in str(typ) and (not isinstance(val, str) or len(val) > 1000):
+            raise MemplanError(f"{where}: GPU '{gid}' key '{key}' must be a string (under 1,000 characters), "
+                               f"got {str(val)[:80]!r}.")
         values[key] = val
     missing = [k for k in _GPU_REQUIRED if k not in values]
     if missing:
@@ -271,21 +385,28 @@ def _gpu_from_table(gid: str, table: dict, where: str, base: GPUProfile | None =
 
 def _parse_gpu_file(path: Path, where: str) -> dict:
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:  # stops one byte past the limit
+            raw = limits.check_size(f.read(limits.FILE_BYTES + 1), f"GPU file {where}")
     except OSError as e:
         raise MemplanError(f"Cannot read GPU file {where}: {e.strerror or e}.") from None
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MemplanError(f"{where} is not valid JSON: {e}.") from None
+        data = limits.parse_json(raw, where, kind="a GPU file (one object per GPU)")
     else:
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise MemplanError(f"{where} is not valid TOML: {e}. (Use a .json suffix for JSON files.)") from None
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise MemplanError(f"{where} is not valid TOML: {reason}. (Use a .json suffix for JSON files.)") from None
+        except RecursionError:
+            raise MemplanError(f"{where} is nested too deeply to be a GPU file.") from None
     if not isinstance(data, dict) or not data:
         raise MemplanError(f"{where}: expected one table per GPU, e.g. [my-gpu] with name and memory_mib.")
+    if len(data) > limits.GPU_PROFILES:
+        raise MemplanError(f"{where}: {len(data):,} GPUs; a GPU file holds at most {limits.GPU_PROFILES:,} "
+                           "(memplan plan searches every one).")
+    for gid in data:
+        if not gid.strip() or len(gid) > 64:
+            raise MemplanError(f"{where}: GPU id {gid[:80]!r} must be 1 to 64 characters.")
     return data
 
 
@@ -309,9 +430,18 @@ def load_gpus(gpu_file: "str | os.PathLike | None" = None) -> dict[str, GPUProfi
 
 
 def load_gpu(spec: "str | GPUProfile", gpu_file=None) -> GPUProfile:
-    """A GPU profile by id (case-insensitive, '_' or ' ' accepted for '-')."""
+    """A GPU profile by id (case-insensitive, '_' or ' ' accepted for '-'), or 'local' / 'local:N':
+    this machine's GPU N, read through NVML (memplan/gpu_local.py)."""
     if isinstance(spec, GPUProfile):
         return spec
+    text = str(spec).strip().lower()
+    if text == "local" or text.startswith("local:"):
+        from memplan.gpu_local import local_gpu
+
+        index = text.partition(":")[2] or "0"
+        if not index.isdigit() or len(index) > 4:
+            raise MemplanError(f"Bad local GPU '{spec}': use 'local' or 'local:N' with N the GPU index (0, 1, ...).")
+        return local_gpu(int(index))
     gpus = load_gpus(gpu_file)
     key = str(spec).strip().lower().replace("_", "-").replace(" ", "-")
     if key in gpus:

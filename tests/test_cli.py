@@ -78,11 +78,11 @@ def test_methods_lists_papers():
     (["--model", "llama-60m", "--method", "galore", "--rank", "600"], "larger than the smallest projected"),
     (["--model", "llama-7b", "--batch-size", "0"], "Batch size must be a positive integer"),
     (["--model", "llama-7b", "--seq-len", "0"], "Sequence length must be a positive integer"),
-    (["--model", "llama-7b", "--method", "galore", "--target-modules", "nonexistent"], "None of the target"),
+    (["--model", "llama-7b", "--method", "galore", "--target-modules", "nonexistent"], "matches no 2-D weight"),
     (["--model", "tests/data/truncated.json"], "is not valid JSON"),
     (["--model", "tests/data/t5.json"], "unsupported model_type 't5'"),
     (["--model", "tests/data/missing_key.json"], "missing key 'intermediate_size'"),
-    (["--model", "tests/data/negative.json"], "'hidden_size' must be a positive integer"),
+    (["--model", "tests/data/negative.json"], "'hidden_size' must be between 1 and"),
     (["--model", "no/such/dir/config.json"], "No config.json at"),
 ])
 def test_bad_input_is_one_line(args, needle):

@@ -110,6 +110,7 @@ PROFILE_COUNTS = {
     "roberta-base": 124_697_433,  # RobertaForMaskedLM, decoder tied
     "roberta-large": 355_412_057,
     "opt-13b": 12_853_473_280,
+    "mixtral-8x7b": 46_702_792_704,  # MixtralForCausalLM: 8 experts per block, all counted
 }
 
 
