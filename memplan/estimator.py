@@ -18,7 +18,7 @@ from functools import lru_cache
 from memplan import limits
 from memplan.activations import activations
 from memplan.errors import MemplanError
-from memplan.inventory import resolve_targets, shape_groups
+from memplan.inventory import _inventory, resolve_targets, shape_groups
 from memplan.methods import METHODS, Method, Shape, get_method
 from memplan.phases import StepTerms, compose
 from memplan.profiles import GPUProfile, ModelProfile, load_gpu, load_model
