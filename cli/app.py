@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -59,6 +58,8 @@ def app(port, address, headless, report):
     if report is not None:
         env["MEMPLAN_VALIDATION_REPORT"] = str(Path(report).resolve())
     click.echo(f"memplan dashboard on http://{address}:{port} (Ctrl+C to stop)", err=True)
+    import subprocess  # here, not at the top: every CLI start imports this module
+
     try:
         code = subprocess.call(streamlit_command(port, address, headless), env=env)
     except KeyboardInterrupt:

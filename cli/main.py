@@ -3,6 +3,10 @@
 Library errors (`MemplanError`) become one-line `Error: ...` messages with exit
 code 2 and no traceback. Commands from other modules of this package
 (validate, planner, app) are added to the group when present.
+
+Start-up time is part of the interface (benchmarks/cli_vs_peers.py): a command
+imports what it uses inside its body (tables, tabulate, the planner), and the
+version is given directly rather than read through importlib.metadata.
 """
 from __future__ import annotations
 
@@ -13,12 +17,34 @@ import sys
 
 import click
 
+from memplan import __version__
 from memplan.cli.common import CONTEXT_SETTINGS, estimate_options, handle_errors, run_estimate
-from memplan.cli.tables import estimate_table, gpus_table, methods_table, models_table
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
-@click.version_option(package_name="memplan", prog_name="memplan")
+class Group(click.Group):
+    """The core commands live in this file; the other modules' commands (validate,
+    planner, app) are imported the first time a command not defined here is asked
+    for, or the list of all commands (--help): `memplan estimate` starts without them."""
+
+    _optional_loaded = False
+
+    def _load_optional(self) -> None:
+        if not self._optional_loaded:
+            self._optional_loaded = True
+            _add_optional_commands(self)
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands:
+            self._load_optional()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx):
+        self._load_optional()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=Group, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="memplan")
 def cli():
     """Memory planner for memory-efficient LLM training.
 
@@ -46,6 +72,8 @@ def estimate(as_json, **opts):
     if as_json:
         click.echo(json.dumps(est.to_dict(), indent=2))
     else:
+        from memplan.cli.tables import estimate_table
+
         click.echo(estimate_table(est))
 
 
@@ -57,6 +85,8 @@ def models(as_json):
 
     Example: memplan models
     """
+    from memplan.cli.tables import models_table
+
     click.echo(models_table(as_json))
 
 
@@ -70,6 +100,8 @@ def gpus(gpu_file, as_json):
 
     Example: memplan gpus
     """
+    from memplan.cli.tables import gpus_table
+
     click.echo(gpus_table(gpu_file, as_json))
 
 
@@ -80,20 +112,19 @@ def methods(as_json):
 
     Example: memplan methods
     """
+    from memplan.cli.tables import methods_table
+
     click.echo(methods_table(as_json))
 
 
-def _add_optional_commands() -> None:
+def _add_optional_commands(group: click.Group) -> None:
     for name in ("validate", "planner", "app", "advise", "snapshot"):
         mod_name = f"memplan.cli.{name}"
         if importlib.util.find_spec(mod_name) is None:
             continue
         mod = importlib.import_module(mod_name)
         for cmd in getattr(mod, "COMMANDS", ()):
-            cli.add_command(cmd)
-
-
-_add_optional_commands()
+            group.add_command(cmd)
 
 
 def main() -> None:

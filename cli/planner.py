@@ -8,13 +8,15 @@ import click
 from click.core import ParameterSource
 
 from memplan.cli.common import CONTEXT_SETTINGS, config_kwargs, handle_errors, model_options, run_options
-from memplan.cli.planner_tables import compare_table, fit_table, plan_table, sweep_csv, sweep_table
 from memplan import limits
 from memplan.errors import MemplanError
-from memplan.estimator import capacity_bytes
 from memplan.units import GiB
 
 NOTHING_FITS = 3  # exit code of `plan` and `fit` when no row fits (bad input is 2)
+
+# The tables (tabulate) and the planner are imported inside each command: `memplan
+# estimate` starts without them (see cli/main.py).
+
 GPU_HELP = "GPU profile id (see 'memplan gpus'), or 'local' / 'local:N' for this machine's GPU (NVML)."
 
 
@@ -72,6 +74,8 @@ def fit(ctx, gpu, methods, as_json, **opts):
       memplan fit --model llama-7b --gpu rtx-4090
       memplan fit --model llama-7b --gpu local --methods galore8bit,golore,adamw
     """
+    from memplan.cli.planner_tables import fit_table
+    from memplan.estimator import capacity_bytes
     from memplan.planner import fit_report, make_config, resolve_gpu
 
     g = resolve_gpu(gpu, opts["gpu_file"])
@@ -109,6 +113,8 @@ def compare(gpu, methods, as_json, **opts):
       memplan compare --model llama-7b --rank 128 --gpu rtx-4090
       memplan compare --model llama-1b --methods adamw,galore,golore,sumo --layerwise --json
     """
+    from memplan.cli.planner_tables import compare_table
+    from memplan.estimator import capacity_bytes
     from memplan.planner import compare as run
 
     rows = run(opts["model"], _names(methods, "--methods"), gpu=gpu, gpu_file=opts["gpu_file"], **config_kwargs(opts))
@@ -137,6 +143,7 @@ def sweep(method, ranks, batch_sizes, seq_lens, gpu, as_csv, as_json, **opts):
       memplan sweep --model llama-1b --method galore --ranks 64,128,256,512 --batch-sizes 1,4,16
       memplan sweep --model llama-1b --method golore --seq-lens 512,1024,2048,4096 --csv > peaks.csv
     """
+    from memplan.cli.planner_tables import sweep_csv, sweep_table
     from memplan.planner import sweep as run
 
     if as_csv and as_json:
@@ -183,6 +190,7 @@ def plan(method, gpus, gpu_counts, layouts, sort, top, min_headroom, as_json, **
       memplan plan --model llama-7b --method adamw --checkpointing --sort purchase --top 5
       memplan plan --model llama-7b --method galore8bit --layerwise --min-headroom 2
     """
+    from memplan.cli.planner_tables import plan_table
     from memplan.planner import make_config
     from memplan.planner import plan as run
 

@@ -6,7 +6,6 @@ value received, what is allowed and how to fix it. The CLI turns it into a one-l
 """
 from __future__ import annotations
 
-import difflib
 from typing import Iterable
 
 
@@ -16,6 +15,8 @@ class MemplanError(ValueError):
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest choices, or '' when nothing is close."""
+    import difflib  # here, not at the top: only an error needs it (CLI start-up time)
+
     choices = list(choices)
     close = difflib.get_close_matches(value, choices, n=3, cutoff=0.5)
     if not close:

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from importlib import resources
-from pathlib import Path
-from typing import Any
 
 from memplan import limits
 from memplan.errors import MemplanError, unknown
@@ -124,14 +120,22 @@ class GPUProfile:
 
 # ---------------------------------------------------------------- models
 
-def _profiles_dir():
-    return resources.files("memplan.profile_data")
+def _profiles_dir() -> str:
+    """The folder of the installed profile files (the package memplan.profile_data, from profiles/).
+
+    Found through the package itself, with os.path: importlib.resources and pathlib would
+    add their imports (zipfile, tempfile, urllib.parse, ...) to every CLI start; pathlib is
+    imported only for a user's own file.
+    """
+    import memplan.profile_data
+
+    return os.path.dirname(memplan.profile_data.__file__)
 
 
 @lru_cache(maxsize=1)
-def _builtin_model_files() -> dict[str, Any]:
-    models = _profiles_dir().joinpath("models")
-    return {f.name[: -len(".json")]: f for f in models.iterdir() if f.name.endswith(".json")}
+def _builtin_model_files() -> dict[str, str]:
+    models = os.path.join(_profiles_dir(), "models")
+    return {f[: -len(".json")]: os.path.join(models, f) for f in os.listdir(models) if f.endswith(".json")}
 
 
 def model_names() -> list[str]:
@@ -305,7 +309,7 @@ def _moe_fields(r: _Reader) -> dict:
 
 def _read_json(path, where: str) -> dict:
     try:
-        with Path(path).open("rb") if isinstance(path, str) else path.open("rb") as f:  # stops past the limit
+        with open(path, "rb") as f:  # stops past the limit
             data = f.read(limits.FILE_BYTES + 1)
     except OSError as e:
         raise MemplanError(f"Cannot read {where}: {e.strerror or e}.") from None
@@ -315,7 +319,7 @@ def _read_json(path, where: str) -> dict:
 @lru_cache(maxsize=64)
 def _load_builtin(name: str) -> ModelProfile:
     f = _builtin_model_files()[name]
-    cfg = _read_json(f, f"profile {f.name}")
+    cfg = _read_json(f, f"profile {os.path.basename(f)}")
     meta = cfg.get("_memplan", {})
     return model_from_config(cfg, name, "built-in", meta.get("description", ""))
 
@@ -330,6 +334,8 @@ def load_model(spec: "str | os.PathLike | ModelProfile") -> ModelProfile:
                            "a Hugging Face config.json or the folder holding it.")
     if text in _builtin_model_files():
         return _load_builtin(text)
+    from pathlib import Path
+
     path = Path(text).expanduser()
     looks_like_path = os.sep in text or text.endswith(".json") or path.exists()
     if looks_like_path:
@@ -344,6 +350,8 @@ def load_model(spec: "str | os.PathLike | ModelProfile") -> ModelProfile:
 
 @lru_cache(maxsize=32)
 def _load_config_path(path: str, _mtime: int) -> ModelProfile:
+    from pathlib import Path
+
     p = Path(path)
     name = p.parent.name if p.name == "config.json" else p.stem
     return model_from_config(_read_json(p, path), name or p.stem, path)
@@ -383,15 +391,17 @@ def _gpu_from_table(gid: str, table: dict, where: str, base: GPUProfile | None =
     return GPUProfile(**values)
 
 
-def _parse_gpu_file(path: Path, where: str) -> dict:
+def _parse_gpu_file(path: "str | os.PathLike", where: str) -> dict:
     try:
-        with path.open("rb") as f:  # stops one byte past the limit
+        with open(path, "rb") as f:  # stops one byte past the limit
             raw = limits.check_size(f.read(limits.FILE_BYTES + 1), f"GPU file {where}")
     except OSError as e:
         raise MemplanError(f"Cannot read GPU file {where}: {e.strerror or e}.") from None
-    if path.suffix.lower() == ".json":
+    if os.path.splitext(path)[1].lower() == ".json":
         data = limits.parse_json(raw, where, kind="a GPU file (one object per GPU)")
     else:
+        import tomllib  # here: only GPU files need it (CLI start-up time)
+
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -412,8 +422,7 @@ def _parse_gpu_file(path: Path, where: str) -> dict:
 
 @lru_cache(maxsize=8)
 def _builtin_gpus() -> dict[str, GPUProfile]:
-    f = _profiles_dir().joinpath("gpus.toml")
-    data = _parse_gpu_file(Path(str(f)), "profiles/gpus.toml")
+    data = _parse_gpu_file(os.path.join(_profiles_dir(), "gpus.toml"), "profiles/gpus.toml")
     return {gid: _gpu_from_table(gid, t, "profiles/gpus.toml") for gid, t in data.items()}
 
 
@@ -421,6 +430,8 @@ def load_gpus(gpu_file: "str | os.PathLike | None" = None) -> dict[str, GPUProfi
     """All GPU profiles: built-in ones, then the user's file adding or overriding."""
     gpus = dict(_builtin_gpus())
     if gpu_file is not None:
+        from pathlib import Path
+
         path = Path(gpu_file).expanduser()
         if not path.is_file():
             raise MemplanError(f"GPU file '{gpu_file}' does not exist.")
