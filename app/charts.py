@@ -285,7 +285,9 @@ def error_strip(groups: list[str], labels: list[str], errors_pct: list[float], t
     top = max([abs(e) for e in errors_pct] + [tolerance_pct]) * 1.25
     return _layout(fig, title=title, yaxis_title="(estimated − measured) / measured (%)", height=420,
                    showlegend=False, yaxis_range=[-top, top],
+                   # every method labelled: slanted labels with their own margin, none dropped or clipped
                    xaxis={"tickvals": list(range(len(names))), "ticktext": names, "title": "", "showgrid": False,
+                          "tickangle": -30, "automargin": True,
                           "range": [-0.6, len(names) - 0.4], "zeroline": False},
                    shapes=[band, _rule("y", 0, CAPACITY_COLOR, "solid", 1)], annotations=notes)
 

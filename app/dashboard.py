@@ -24,7 +24,13 @@ PAGES = [
     st.Page(HERE / "pages_validation.py", title="Validation", icon=":material/fact_check:", url_path="validation"),
 ]
 
+# served to a network: an uncaught error shows no traceback (and no server paths); errors are
+# also caught where they start (state.shown, the upload readers) and said in one line
+st.set_option("client.showErrorDetails", "none")
 st.set_page_config(page_title="memplan: memory planner", page_icon=":material/memory:", layout="wide")
 page = st.navigation(PAGES, position="top")
-state.sidebar()
-page.run()
+try:
+    state.sidebar()
+    page.run()
+except Exception as e:  # noqa: BLE001 (st.stop and reruns are BaseExceptions and pass through)
+    st.error(state.web_text(f"memplan could not show this page ({type(e).__name__}: {e})."))

@@ -2,12 +2,14 @@
 and a CUDA memory snapshot broken down by category."""
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import streamlit as st
 
 import memplan
 from memplan import MemplanError
-from memplan.app import charts, report
+from memplan.app import charts, report, state
 from memplan.units import GiB
 
 
@@ -43,7 +45,7 @@ def _load() -> tuple[report.Report | None, str]:
             return report.parse_report(up.getvalue(), f"uploaded file '{up.name}'"), up.name
         return report.read_default()
     except MemplanError as e:
-        st.error(str(e))
+        st.error(state.web_text(e))
         return None, ""
 
 
@@ -66,11 +68,11 @@ def report_section() -> None:
         if source:
             st.info(source)
         return
-    st.caption(f"{len(rep.points) + len(rep.broken)} points from {source}. Error = (estimated − measured) / "
+    st.caption(f"{len(rep.points) + len(rep.broken)} points from {state.md(source)}. Error = (estimated − measured) / "
                "measured; the peak is the allocated bytes at the peak phase (the CUDA context is not compared).")
     if rep.broken:
         with st.expander(f"{len(rep.broken)} point(s) could not be measured"):
-            st.markdown("\n".join(f"- **{b.label}**: {b.reason}" for b in rep.broken))
+            st.markdown("\n".join(f"- **{state.md(b.label)}**: {state.md(b.reason)}" for b in rep.broken))
     points = _filter(rep.points)
     if not points:
         st.info("No measured point matches these filters.")
@@ -83,18 +85,20 @@ def report_section() -> None:
     c[1].metric("Passed", f"{sum(verdicts)} of {len(verdicts)}" if verdicts else "n/a",
                 help="The report's verdict: exact categories to the byte, the peak within 3%, the peak phase.")
     c[2].metric("Mean |peak error|", f"{sum(abs(e) for e in errs) / len(errs):.2f}%")
-    c[3].metric("Worst |peak error|", f"{abs(errs[worst]):.2f}%", help=points[worst].label)
-    st.plotly_chart(charts.error_strip([p.method for p in points], [p.label for p in points], errs,
+    c[3].metric("Worst |peak error|", f"{abs(errs[worst]):.2f}%", help=state.md(points[worst].label))
+    # plotly renders HTML tags (links too) in labels and titles: the report's text is escaped for it
+    st.plotly_chart(charts.error_strip([html.escape(p.method) for p in points], [html.escape(p.label) for p in points],
+                                       errs,
                                        "Error of the peak, each point by method"), width="stretch")
     label = st.selectbox("Point", [p.label for p in points], index=worst, key="val_point",
                          help="The worst point first.")
     p = next(q for q in points if q.label == label)
     st.plotly_chart(charts.validation_bars({c: p.estimated[c] for c in p.categories},
                                            {c: p.measured[c] for c in p.categories},
-                                           f"{p.label}: estimated against measured, per category"),
+                                           f"{html.escape(p.label)}: estimated against measured, per category"),
                     width="stretch")
     if p.failures:
-        st.warning("Failed: " + "; ".join(p.failures))
+        st.warning("Failed: " + state.md("; ".join(p.failures)))
     df = summary_table(points)
     st.dataframe(df, hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.columns if "(" in c})

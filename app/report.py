@@ -12,12 +12,12 @@ malformed report raises `MemplanError` with a one-line message.
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from memplan import CATEGORIES, MemplanError
+from memplan import CATEGORIES, MemplanError, limits
 
 DEFAULT_REPORT = Path("benchmarks/results/validate_small.json")
 REPORT_ENV = "MEMPLAN_VALIDATION_REPORT"  # another default report (set by `memplan app --report PATH`)
@@ -55,11 +55,11 @@ class Point:
 
     @property
     def model(self) -> str:
-        return str(self.config.get("model", "?"))
+        return str(self.config.get("model", "?"))[:LABEL_CHARS]
 
     @property
     def method(self) -> str:
-        return str(self.config.get("method", "?"))
+        return str(self.config.get("method", "?"))[:LABEL_CHARS]
 
     @property
     def categories(self) -> list[str]:
@@ -73,9 +73,12 @@ def rel_error(estimated: int, measured: int) -> float:
     return (estimated - measured) / measured
 
 
+MAX_BYTES = 1 << 60  # an exbibyte: more than any machine holds
+
+
 def _number(val, where: str) -> int:
-    if isinstance(val, bool) or not isinstance(val, (int, float)) or val < 0:
-        raise MemplanError(f"{where} must be a number of bytes, got {val!r}.")
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 <= val <= MAX_BYTES:
+        raise MemplanError(f"{where} must be a number of bytes (0 to 2^60), got {str(val)[:40]}.")
     return int(val)
 
 
@@ -99,7 +102,14 @@ def _peak(side: dict, cats: dict[str, int], where: str) -> int:
     return sum(v for c, v in cats.items() if c in COMPARED)
 
 
+LABEL_CHARS = 120  # a label is a line of text; the pages escape it wherever it is shown
+
+
 def _label(point: dict, index: int, name: str | None) -> str:
+    return "".join(ch for ch in _raw_label(point, index, name) if ch.isprintable())[:LABEL_CHARS] or f"point {index + 1}"
+
+
+def _raw_label(point: dict, index: int, name: str | None) -> str:
     if name:
         return name
     for key in ("label", "name", "id"):
@@ -122,8 +132,8 @@ def _relative(err, where: str) -> float | None:
     val = err.get("relative") if isinstance(err, dict) else err
     if val is None:
         return None
-    if isinstance(val, bool) or not isinstance(val, (int, float)):
-        raise MemplanError(f"{where} must be a number, got {val!r}.")
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or abs(val) > 1e6:
+        raise MemplanError(f"{where} must be a finite number (a relative error), got {str(val)[:40]}.")
     return float(val)
 
 
@@ -132,7 +142,7 @@ def _point(p, index: int, name: str | None, where: str) -> "Point | Broken":
     if not isinstance(p, dict) or "estimate" not in p or "measured" not in p:
         raise MemplanError(f"{at}: expected an object with 'estimate' and 'measured' "
                            "(the format 'memplan validate' writes).")
-    failures = p.get("failures") if isinstance(p.get("failures"), list) else []
+    failures = [str(f)[:300] for f in p["failures"][:20]] if isinstance(p.get("failures"), list) else []
     if p["estimate"] is None or p["measured"] is None:  # the run raised: memplan.measure.grid records it so
         return Broken(_label(p, index, name), "; ".join(map(str, failures)) or "the run failed")
     est = _bytes_by_category(p["estimate"], f"{at} 'estimate'")
@@ -164,12 +174,9 @@ def _unique(labels: list[str]) -> list[str]:
 
 def parse_report(text: "str | bytes", where: str = "report") -> Report:
     """The points of a validation report; MemplanError with one line when it is malformed."""
-    try:
-        doc = json.loads(text)
-    except UnicodeDecodeError:
-        raise MemplanError(f"{where} is not text: upload the JSON file 'memplan validate' writes.") from None
-    except json.JSONDecodeError as e:
-        raise MemplanError(f"{where} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.") from None
+    # bounded: size, UTF-8, no NaN / Infinity, no runaway nesting (memplan/limits.py)
+    doc = limits.parse_json(text, where, kind="the JSON report 'memplan validate' writes",
+                            max_bytes=limits.REPORT_BYTES)
     if isinstance(doc, dict):
         for key in ("points", "results", "validations"):
             if key in doc:
@@ -183,7 +190,9 @@ def parse_report(text: "str | bytes", where: str = "report") -> Report:
         items = [(None, p) for p in doc]
     else:
         raise MemplanError(f"{where}: expected a list of validation points, got {type(doc).__name__}.")
-    parsed = [_point(p, i, name, where) for i, (name, p) in enumerate(items)]
+    if len(items) > limits.REPORT_POINTS:
+        raise MemplanError(f"{where}: {len(items):,} points; a report holds at most {limits.REPORT_POINTS:,}.")
+    parsed = [_point(p, i, name if name is None else str(name)[:LABEL_CHARS], where) for i, (name, p) in enumerate(items)]
     if not parsed:
         raise MemplanError(f"{where}: the report has no points.")
     parsed = [replace(x, label=label) for x, label in zip(parsed, _unique([x.label for x in parsed]))]

@@ -8,13 +8,13 @@ link opens the dashboard on one run.
 """
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 
 import streamlit as st
 
 import memplan
-from memplan import METHODS, MemplanError, ModelProfile
+from memplan import METHODS, MemplanError, ModelProfile, limits
 from memplan.profiles import load_gpus, model_from_config, model_names
 from memplan.units import GiB
 
@@ -92,20 +92,53 @@ def _seed_from_query() -> None:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def parse_config(data: bytes, filename: str) -> ModelProfile:
-    """An uploaded Hugging Face config.json, parsed as JSON only: nothing in it is executed."""
-    where = f"uploaded file '{filename}'"
-    try:
-        cfg = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise MemplanError(f"{where} is not text: upload a Hugging Face config.json.") from None
-    except json.JSONDecodeError as e:
-        raise MemplanError(f"{where} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.") from None
+    """An uploaded Hugging Face config.json, parsed as JSON only: nothing in it is executed.
+
+    Size, UTF-8, nesting, types and every size are checked (memplan/limits.py); the model's
+    name, shown in every page's title, keeps only letters, digits and '._-'.
+    """
+    where = f"uploaded file '{safe_name(filename, 80)}'"
+    cfg = limits.parse_json(data, where)
     name = filename[: -len(".json")] if filename.endswith(".json") else filename
     if name == "config" and isinstance(cfg, dict) and isinstance(cfg.get("_name_or_path"), str):
         name = cfg["_name_or_path"].rstrip("/").split("/")[-1] or name
-    if name == "config":
+    name = safe_name(name, 64)
+    if name in ("config", ""):
         name = "uploaded config.json"
     return model_from_config(cfg, name, where)
+
+
+def safe_name(text: str, limit: int) -> str:
+    """`text` with only letters, digits and '._-' kept (others become '_'), at most `limit` characters."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(text))[:limit]
+
+
+_MD_SPECIAL = re.compile(r"([\\`\[\]()<>!])")  # links, images, code and HTML need these
+
+
+def md(text) -> str:
+    """Untrusted text, safe inside markdown: no link, image, emphasis or autolink can form."""
+    text = re.sub(r"(?i)(www)\.", "\\1\u200b.", str(text)).replace("://", ":\u200b//")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+# the library's messages name CLI options; the dashboard names its own fields
+_WEB_WORDS = {"--rank": "Rank r", "--batch-size": "Batch size", "--seq-len": "Sequence length",
+              "--precision": "Precision", "--layerwise": "Per-layer weight update",
+              "--checkpointing": "Activation checkpointing", "--gpu": "GPU"}
+
+
+def web_text(message: str) -> str:
+    """A library message in the dashboard's words (its fields, not CLI options), safe for markdown."""
+    text = str(message).splitlines()[0] if str(message).strip() else "error"
+    text = re.sub(r"Use (--[a-z-]+) N with N >= 1\.", lambda m: f"Set '{_WEB_WORDS.get(m.group(1), m.group(1))}' "
+                  "to 1 or more.", text)
+    text = re.sub(r"Use (--[a-z-]+) (between|[0-9]+)", lambda m: f"Set '{_WEB_WORDS.get(m.group(1), m.group(1))}' "
+                  f"{'to a value ' if m.group(2) == 'between' else 'to '}{m.group(2) if m.group(2) != 'between' else 'between'}",
+                  text)
+    for flag, label in sorted(_WEB_WORDS.items(), key=lambda kv: -len(kv[0])):
+        text = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", f"'{label}'", text)
+    return md(text)
 
 
 def _model_input() -> tuple[ModelProfile | None, str | None]:
@@ -124,9 +157,20 @@ def _model_input() -> tuple[ModelProfile | None, str | None]:
         return None, str(e)
 
 
+_KEPT = "_kept_inputs"  # a plain session key: it survives a run that failed, widget keys may not
+
+
+def _restore_inputs() -> None:
+    """Widget values dropped by an interrupted run come back from the last complete one."""
+    for key, val in st.session_state.get(_KEPT, {}).items():
+        if f"in_{key}" not in st.session_state:
+            st.session_state[f"in_{key}"] = val
+
+
 def sidebar() -> Inputs:
     """Draw the inputs in the sidebar and return the chosen run."""
     _seed_from_query()
+    _restore_inputs()
     with st.sidebar:
         st.markdown("### Training run")
         model, model_error = _model_input()
@@ -163,6 +207,7 @@ def sidebar() -> Inputs:
     chosen = Inputs(model, method, int(rank), precision, int(batch), int(seq), bool(layerwise), bool(ckpt), gpu,
                     model_error)
     st.session_state["_inputs"] = chosen
+    st.session_state[_KEPT] = {k: st.session_state[f"in_{k}"] for k in DEFAULTS if f"in_{k}" in st.session_state}
     return chosen
 
 
@@ -173,15 +218,17 @@ def inputs() -> Inputs:
         chosen = sidebar()
     if chosen.model is None:
         bad_upload = st.session_state.get("in_upload") is not None
-        (st.error if bad_upload else st.info)(chosen.model_error or "Choose a model in the sidebar.")
+        (st.error if bad_upload else st.info)(web_text(chosen.model_error or "Choose a model in the sidebar."))
         st.stop()
     return chosen
 
 
 def shown(fn, *args, **kwargs):
-    """Call the library; a `MemplanError` becomes a one-line message and the page stops."""
+    """Call the library; any error becomes a one-line message (never a traceback) and the page stops."""
     try:
         return fn(*args, **kwargs)
     except MemplanError as e:
-        st.error(str(e))
-        st.stop()
+        st.error(web_text(e))
+    except Exception as e:  # noqa: BLE001 (a server never shows a traceback; the sidebar keeps its state)
+        st.error(web_text(f"memplan could not compute this run ({type(e).__name__}: {e})."))
+    st.stop()

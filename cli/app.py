@@ -24,7 +24,8 @@ def dashboard_path() -> Path:
 def streamlit_command(port: int, address: str, headless: bool) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(dashboard_path()),
             "--server.port", str(port), "--server.address", address,
-            "--server.headless", "true" if headless else "false", "--browser.gatherUsageStats", "false"]
+            "--server.headless", "true" if headless else "false", "--browser.gatherUsageStats", "false",
+            "--client.showErrorDetails", "none", "--client.toolbarMode", "viewer"]
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -58,13 +59,32 @@ def app(port, address, headless, report):
     if report is not None:
         env["MEMPLAN_VALIDATION_REPORT"] = str(Path(report).resolve())
     click.echo(f"memplan dashboard on http://{address}:{port} (Ctrl+C to stop)", err=True)
+    sys.exit(serve(streamlit_command(port, address, headless), env))
+
+
+def serve(command: list[str], env: dict) -> int:
+    """Run the streamlit server; Ctrl+C or SIGTERM (a service manager, `kill`) stops it too."""
+    import signal
     import subprocess  # here, not at the top: every CLI start imports this module
 
+    proc = subprocess.Popen(command, env=env)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        code = subprocess.call(streamlit_command(port, address, headless), env=env)
+        return proc.wait()
     except KeyboardInterrupt:
-        code = 0
-    sys.exit(code)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 COMMANDS = [app]

@@ -95,7 +95,9 @@ def impl_options(f):
 
 def estimate_options(f):
     f = impl_options(f)
-    f = click.option("--gpu", "-g", default=None, help="GPU profile id for the fit verdict (see 'memplan gpus').")(f)
+    f = click.option("--gpu", "-g", default=None,
+                     help="GPU profile id for the fit verdict (see 'memplan gpus'), or 'local' / 'local:N' for "
+                          "this machine's GPU (NVML).")(f)
     f = run_options(f)
     f = click.option("--method", default="adamw", show_default=True,
                      help="Training method (see 'memplan methods').")(f)

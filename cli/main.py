@@ -93,16 +93,20 @@ def models(as_json):
 @cli.command()
 @click.option("--gpu-file", type=click.Path(dir_okay=False), default=None,
               help="TOML or JSON file adding or overriding GPU profiles.")
+@click.option("--sources", is_flag=True, help="Where each GPU's memory figure and price come from, in full.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @handle_errors
-def gpus(gpu_file, as_json):
-    """List the GPU profiles: memory as the driver reports it, and prices.
+def gpus(gpu_file, sources, as_json):
+    """List the GPU profiles: memory as the driver reports it, what CUDA can allocate, and prices.
 
-    Example: memplan gpus
+    \b
+    Example:
+      memplan gpus
+      memplan gpus --sources     # where each figure comes from
     """
     from memplan.cli.tables import gpus_table
 
-    click.echo(gpus_table(gpu_file, as_json))
+    click.echo(gpus_table(gpu_file, as_json, sources))
 
 
 @cli.command()

@@ -5,7 +5,7 @@ import json
 
 from tabulate import tabulate
 
-from memplan.estimator import CATEGORIES, PHASES, Estimate, capacity_bytes
+from memplan.estimator import CATEGORIES, PHASES, UNKNOWN_USABLE_MARGIN, Estimate, capacity_bytes
 from memplan.methods import METHODS
 from memplan.profiles import load_gpus, load_model, model_names
 from memplan.inventory import parameter_count
@@ -83,18 +83,28 @@ def models_table(as_json: bool = False) -> str:
                     disable_numparse=True)
 
 
-def gpus_table(gpu_file=None, as_json: bool = False) -> str:
+def gpus_table(gpu_file=None, as_json: bool = False, sources: bool = False) -> str:
     gpus = load_gpus(gpu_file)
     if as_json:
         from dataclasses import asdict
 
         return json.dumps([{**asdict(gp), "capacity_bytes": capacity_bytes(gp)} for gp in gpus.values()], indent=2)
+    ordered = sorted(gpus.values(), key=lambda x: (x.memory_mib, x.id))
+    if sources:  # where each figure comes from, in full
+        return "\n\n".join(f"{gp.id} ({gp.name})\n  memory: {gp.memory_source}"
+                            + (f"\n  price ({gp.price_date}): {gp.price_source}" if gp.price_source else "")
+                            for gp in ordered)
     price = lambda v, fmt: "" if v is None else fmt.format(v)  # noqa: E731
-    rows = [[gp.id, gp.name, gp.memory_mib, g(capacity_bytes(gp)), price(gp.price_per_hour_usd, "${:.2f}"),
-             price(gp.price_purchase_usd, "${:,.0f}"), gp.price_date]
-            for gp in sorted(gpus.values(), key=lambda x: (x.memory_mib, x.id))]
-    return tabulate(rows, ["id", "name", "nvidia-smi MiB", "usable GiB", "$/hour", "purchase", "price date"],
-                    disable_numparse=True, colalign=("left", "left", "right", "right", "right", "right", "left"))
+    rows = [[gp.id, gp.name, gp.memory_mib, g(capacity_bytes(gp)),
+             "measured" if gp.usable_mib else f"MiB -{UNKNOWN_USABLE_MARGIN:.0%}",
+             price(gp.price_per_hour_usd, "${:.2f}"), price(gp.price_purchase_usd, "${:,.0f}"), gp.price_date]
+            for gp in ordered]
+    table = tabulate(rows, ["id", "name", "nvidia-smi MiB", "usable GiB", "usable from", "$/hour", "purchase",
+                            "price date"], disable_numparse=True,
+                     colalign=("left", "left", "right", "right", "left", "right", "right", "left"))
+    return (table + "\n\nusable: what CUDA can allocate; 'measured' is a published cudaMemGetInfo / PyTorch total, "
+            f"'MiB -{UNKNOWN_USABLE_MARGIN:.0%}' the nvidia-smi figure less a margin.\n"
+            "Where each memory figure and price comes from: memplan gpus --sources")
 
 
 def _impl_names(method: str) -> list[str]:

@@ -152,7 +152,15 @@ def _cpu_lacks_bf16() -> bool:
 def _run_one(cfg, snapshot, quiet, reserved=False):
     from tqdm import tqdm
 
+    import memplan
     from memplan.measure.validate import validate as run
+    # bad arguments are one line before anything is drawn or built
+    memplan.estimate(cfg.model, cfg.method, **cfg.estimator_options())
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError("--device cuda needs a CUDA GPU; none is visible. Use --device cpu or --device fake.")
     if cfg.device == "cpu" and cfg.precision in ("bf16", "mixed") and not quiet and _cpu_lacks_bf16():
         click.echo("Note: this CPU has no bf16 matrix instructions, so real bf16 steps take minutes here. "
                    "--device fake measures the same bytes in seconds; --precision fp32 runs real steps fast.",

@@ -51,6 +51,8 @@ BANDWIDTH_GBS = Bound(0.0, 1e6, "the fastest GPU memories move about 8,000 GB/s"
 PRICE_USD = Bound(0.0, 1e8, "no single GPU costs a hundred million dollars")
 GPU_PROFILES = 1024  # GPUs in one --gpu-file: `plan` searches every one of them
 FILE_BYTES = 1 << 20  # a Hugging Face config.json or a GPU file is a few KB; 1 MiB is a generous limit
+REPORT_BYTES = 64 << 20  # a validation report: the small grid's 79 points are 0.3 MB
+REPORT_POINTS = 20_000  # points in one validation report (the full grid has a few hundred)
 
 
 def check_int(value, bound: Bound, what: str) -> int:
@@ -90,14 +92,16 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def parse_json(data: "bytes | str", where: str, kind: str = "a Hugging Face config.json"):
+def parse_json(data: "bytes | str", where: str, kind: str = "a Hugging Face config.json",
+               max_bytes: int = FILE_BYTES):
     """JSON from an untrusted file: bounded size, UTF-8, no NaN/Infinity, no runaway nesting.
 
     Every failure is a one-line MemplanError naming `where`.
     """
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
-    check_size(data, where)
+    if len(data) > max_bytes:
+        raise MemplanError(f"{where} is {len(data):,} bytes; memplan reads at most {max_bytes:,} for {kind}.")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -121,7 +125,9 @@ def table() -> str:
     rows += [("SWEEP_CELLS", f"at most {SWEEP_CELLS:,}", "combinations in one sweep (about a second of estimates)"),
              ("LIST_ITEMS", f"at most {LIST_ITEMS}", "values in one comma-separated option"),
              ("GPU_PROFILES", f"at most {GPU_PROFILES:,}", "GPUs in one --gpu-file (plan searches every one)"),
-             ("FILE_BYTES", f"at most {FILE_BYTES:,}", "bytes of a config.json or GPU file (they are a few KB)")]
+             ("FILE_BYTES", f"at most {FILE_BYTES:,}", "bytes of a config.json or GPU file (they are a few KB)"),
+             ("REPORT_BYTES", f"at most {REPORT_BYTES:,}", "bytes of a validation report (79 points: 0.3 MB)"),
+             ("REPORT_POINTS", f"at most {REPORT_POINTS:,}", "points in a validation report")]
     w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
     return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows)
 

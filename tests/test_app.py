@@ -181,7 +181,7 @@ def test_uploaded_config_is_estimated(at):
 
 
 @pytest.mark.parametrize("name,content,message", [
-    ("config.json", b"\x89PNG\r\n\x1a\n\x00\x00 random bytes \xff\xfe", "is not text"),
+    ("config.json", b"\x89PNG\r\n\x1a\n\x00\x00 random bytes \xff\xfe", "is not UTF-8 text"),
     ("truncated.json", (DATA / "truncated.json").read_bytes(), "is not valid JSON"),
     ("t5.json", (DATA / "t5.json").read_bytes(), "unsupported model_type"),
     ("missing_key.json", (DATA / "missing_key.json").read_bytes(), "missing key"),
@@ -198,6 +198,10 @@ def test_bad_config_upload_is_one_message(at, name, content, message):
 
 # ---------------------------------------------------------------- compare page
 
+def rows_adamw_peak(rows) -> int:
+    return next(r.estimate.peak_bytes for r in rows if r.method == "adamw")
+
+
 def test_compare_page_matches_memplan_compare(at):
     set_run(at, model="llama-1b", layerwise=False, checkpointing=False)
     run(at.switch_page("pages_compare.py"))
@@ -205,7 +209,10 @@ def test_compare_page_matches_memplan_compare(at):
     table = at.dataframe[0].value
     assert list(table["method"]) == [r.method for r in rows]  # sorted, smallest first
     for (_, shown), r in zip(table.iterrows(), rows):
-        assert shown["peak (GiB)"] == pytest.approx(r.estimate.device_total_bytes / GiB)
+        # one peak for "peak" and the saving: the allocated peak (the device total has its own column)
+        assert shown["peak (GiB)"] == pytest.approx(r.estimate.peak_bytes / GiB)
+        assert shown["device total (GiB)"] == pytest.approx(r.estimate.device_total_bytes / GiB)
+        assert shown["saving vs AdamW (GiB)"] == pytest.approx((rows_adamw_peak(rows) - r.estimate.peak_bytes) / GiB)
         assert shown["saving vs AdamW (%)"] == pytest.approx(100 * r.saved_fraction)
         assert shown["fits"] == ("yes" if r.estimate.fit().fits else "no")
     bars = plotly_specs(at)[0]["data"]
@@ -387,9 +394,11 @@ def test_csv_downloads_hold_the_librarys_bytes():
     assert {c: int(peak[c]) for c in CATEGORIES} == est.breakdown
     rows = [{"method": r.method, "breakdown": r.estimate.breakdown, "fits": True, "peak_phase": "backward",
              "device_total_bytes": r.estimate.device_total_bytes, "headroom_bytes": 0,
+             "peak_bytes": r.estimate.peak_bytes,
              "saved_vs_adamw_bytes": r.saved_bytes} for r in memplan.compare("llama-1b", ["adamw", "golore"])]
     out = pages_compare.csv_table(rows)
     assert list(out["device_total_bytes"]) == [r["device_total_bytes"] for r in rows]
+    assert list(out["peak_allocated_bytes"]) == [r["peak_bytes"] for r in rows]
 
 
 def test_memplan_app_help_and_missing_extra(monkeypatch):
