@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from memplan.cli.common import CONTEXT_SETTINGS, CLIError
+from memplan.cli.common import CONTEXT_SETTINGS, CLIError, impl_options
 
 CATS = ("parameters", "gradients", "optimizer_states", "projectors", "activations", "temporaries")
 PHASES = ("forward", "backward", "optimizer_step", "refresh_step")
@@ -92,12 +92,15 @@ def summary_table(rows) -> str:
               help="Also predict max_memory_reserved: replay the steps' allocations through memplan's model of "
                    "PyTorch's CUDA caching allocator.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {estimate, measured, error} (bytes).")
+@impl_options
 def validate(model, method, rank, batch_size, seq_len, precision, layerwise, checkpointing, device, with_hf,
-             snapshot, grid, out, reserved, as_json):
+             snapshot, grid, out, reserved, as_json, impl, momentum, beta1):
     """Measure training steps of the bundled model and compare with the estimate.
 
-    Runs three steps with the bundled optimizer (a warm-up, an ordinary step and
-    a projection refresh), measures memory by category and phase, and prints
+    Runs three steps (a warm-up, an ordinary step and a projection refresh) with
+    the bundled optimizer, or with the real library given by --impl (torch-foreach,
+    torch-fused, torch-forloop, torch (SGD), transformers, bitsandbytes, galore-torch,
+    peft), measures memory by category and phase, and prints
     estimate, measurement and error side by side. Exit code 1 when a target
     fails (exact parameters, gradients, optimizer states and projectors; peak
     within 3% and in the same phase).
@@ -107,6 +110,7 @@ def validate(model, method, rank, batch_size, seq_len, precision, layerwise, che
       memplan validate --model llama-60m --method galore --rank 128 --batch-size 4 --seq-len 256
       memplan validate --model llama-7b --method galore8bit --rank 1024 --layerwise --device fake
       memplan validate --model llama-7b --method galore8bit --layerwise --device fake --reserved
+      memplan validate --model llama-1b --method adamw --impl torch-foreach --device fake --seq-len 512
       memplan validate --grid small
     """
     try:
@@ -117,7 +121,8 @@ def validate(model, method, rank, batch_size, seq_len, precision, layerwise, che
         return _run_grid(grid, out, as_json)
     try:
         cfgs = [ValidateConfig(model=model, method=method, rank=rank, precision=precision, batch_size=batch_size,
-                               seq_len=seq_len, layerwise=layerwise, checkpointing=checkpointing, device=device)]
+                               seq_len=seq_len, layerwise=layerwise, checkpointing=checkpointing, device=device,
+                               impl=impl, momentum=momentum, beta1=beta1)]
         if with_hf:
             from dataclasses import replace
             cfgs.append(replace(cfgs[0], implementation="hf"))
@@ -132,7 +137,8 @@ def validate(model, method, rank, batch_size, seq_len, precision, layerwise, che
         click.echo(json.dumps(body, indent=2))
     else:
         for c, r in zip(cfgs, results):
-            click.echo(f"\n{c.model} {c.method} ({c.implementation} model, {c.device}, {c.precision}, "
+            click.echo(f"\n{c.model} {c.method} (optimizer {c.resolved_impl}, {c.implementation} model, {c.device}, "
+                       f"{c.precision}, "
                        f"batch {c.batch_size} x {c.seq_len}, layerwise {c.layerwise}, "
                        f"checkpointing {c.checkpointing})\n")
             click.echo(point_table(r))

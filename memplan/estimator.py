@@ -305,7 +305,7 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     n_params = n_trainable = 0
     largest_grad = first_grad = first_step_temp = step_temp = 0
     refresh_temp = None
-    any_quantized = False
+    n_quantized = 0
     for shape, role, n, trainable in tensors:
         numel = shape.numel
         own = impl.adapter_bytes if role == "adapter" and impl.adapter_bytes else None  # peft: fp32 adapters
@@ -332,8 +332,9 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
             first_grad = max(first_grad, numel * gb)
             first_step_temp = max(first_step_temp, impl.step_temp(shape, r, s, kn))
         step_temp = max(step_temp, impl.step_temp(shape, r, s, kn))
-        if method.eightbit and quantized(r * shape.K if shape.projected else numel):
-            any_quantized = True
+        low_rank = shape.projected and method.uses_rank and not method.adapter  # state of the r x K projection
+        if method.eightbit and quantized(r * shape.K if low_rank else numel):
+            n_quantized += n
     if impl.refresh_temp is not None:  # one projected (or, for ReLoRA, adapted) weight at a time
         refresh_temp = max(impl.refresh_temp(shape, r, prec.grad, kn) for shape, _, _ in _groups(c.model, targets)
                            if shape.projected)
@@ -344,8 +345,8 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
             step_temp = seq_step
         if impl.sequence_refresh:
             refresh_temp = seq_refresh
-    if any_quantized:
-        states += QMAP_BYTES  # shared quantization maps, once
+    if n_quantized:  # shared quantization maps: once, or once per optimizer (bitsandbytes per layer)
+        states += QMAP_BYTES * (n_quantized if c.layerwise and impl.qmaps_per_optimizer else 1)
 
     adapted = _adapted_per_block(c.model, targets) if method.adapter else 0
     acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapted)

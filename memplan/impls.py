@@ -57,6 +57,7 @@ class Impl:
     defaults: Knobs = field(default_factory=Knobs)
     regular_first: bool = False  # steps non-projected parameters before projected ones (galore-torch recipes)
     shards_with_states: bool = False  # the step's transients are per state element (foreach): ZeRO divides them
+    qmaps_per_optimizer: bool = False  # bitsandbytes: each optimizer instance keeps its own quantization maps
     checked_by: str = ""  # the measurement that checks it
 
     @property
@@ -85,6 +86,16 @@ def _foreach_all(shapes: Sequence[Shape], r: int, s: int, o: Knobs) -> int:
     return sum(t.numel for t in shapes) * s
 
 
+def _forloop_all(shapes: Sequence[Shape], r: int, s: int, o: Knobs) -> int:
+    # _single_tensor_adam: denom = (exp_avg_sq.sqrt() / c).add_(eps): the sqrt and its quotient alive
+    # together, while the previous parameter's `denom` (a loop local) is still referenced
+    peak, prev = 0, 0
+    for t in shapes:
+        peak = max(peak, prev + 2 * t.numel * s)
+        prev = t.numel * s
+    return peak
+
+
 def _no_temp(t: Shape, r: int, s: int, o: Knobs) -> int:
     return 0
 
@@ -109,6 +120,17 @@ def _hf_adafactor_temp(t: Shape, r: int, s: int, o: Knobs) -> int:
     # fp32 copies of the gradient and of the weight (bf16 / fp16 only); grad**2 and grad**2 + eps
     # alive together; later the factored estimate and update = -update on the way out
     return 2 * _up(t.numel, s) + 2 * 4 * t.numel
+
+
+def _hf_adafactor_all(shapes: Sequence[Shape], r: int, s: int, o: Knobs) -> int:
+    # the loop's `update` (fp32, m x n) outlives its iteration when there is no first moment (with
+    # beta1 it ends as exp_avg, which is state): it is still alive while the next parameter computes
+    # grad**2 + eps
+    peak, prev = 0, 0
+    for t in shapes:
+        peak = max(peak, prev + _hf_adafactor_temp(t, r, s, o))
+        prev = 4 * t.numel if o.beta1 is None else 0
+    return peak
 
 
 def _bundled_adafactor_state(t: Shape, r: int, s: int, o: Knobs) -> tuple[int, int]:
@@ -136,8 +158,8 @@ def _impls() -> list[Impl]:
              "fused kernel: the update is done in place, no temporaries",
              _adamw_state, _no_temp, checked_by="validate --impl torch-fused"),
         Impl("adamw", "torch-forloop", "torch 2.13 torch.optim.AdamW(foreach=False), the CPU default",
-             "one tensor at a time: sqrt(exp_avg_sq) and its division alive together",
-             _adamw_state, _lift(adamw_step_temp), checked_by="validate --impl torch-forloop"),
+             "one tensor at a time: sqrt(exp_avg_sq) and its quotient, next to the previous tensor's",
+             _adamw_state, _lift(adamw_step_temp), sequence_temp=_forloop_all, checked_by="validate --impl torch-forloop"),
     ]
     out = adamw + [
         Impl("sgd", "torch", "torch 2.13 torch.optim.SGD (foreach or for-loop alike)",
@@ -145,13 +167,13 @@ def _impls() -> list[Impl]:
              _sgd_state, _no_temp, checked_by="validate --impl torch --momentum M"),
         Impl("adafactor", "transformers", "transformers 5.24 transformers.optimization.Adafactor",
              "fp32 factored second moment; no first moment unless beta1 is set (its default beta1=None)",
-             _hf_adafactor_state, _hf_adafactor_temp, checked_by="validate --impl transformers"),
+             _hf_adafactor_state, _hf_adafactor_temp, sequence_temp=_hf_adafactor_all, checked_by="validate --impl transformers"),
         Impl("adafactor", "bundled", "memplan.optim.Adafactor", "the GaLore paper's setting: beta1 0.9",
              _bundled_adafactor_state, _lift(adafactor_step_temp), defaults=Knobs(beta1=0.9),
              checked_by="validate --impl bundled"),
         Impl("adam8bit", "bitsandbytes", "bitsandbytes 0.50.2 bnb.optim.AdamW8bit (CUDA kernel)",
              "block-wise 8-bit moments updated in place by one kernel",
-             _bnb_state, _no_temp, checked_by="validate --impl bitsandbytes (states; CPU kernel differs)"),
+             _bnb_state, _no_temp, qmaps_per_optimizer=True, checked_by="validate --impl bitsandbytes (states; CPU kernel differs)"),
     ]
     for name in ("adam8bit", "golore", "sumo", "gradnormlorp", "gradnormlorp8bit", "relora", "lowrank",
                  "galore", "galore8bit"):

@@ -39,10 +39,15 @@ def _state(t: Shape, r: int, s: int, o: Knobs) -> tuple[int, int]:
     return 2 * r * t.K * s, _projector(t, r, s)
 
 
+# galore-torch 1.0 passes percentile_clipping=100 by position; bitsandbytes 0.50 reads that slot as
+# max_unorm, so every tensor gets a 1-element fp32 unorm_vec
+UNORM = 4
+
+
 def _state8(t: Shape, r: int, s: int, o: Knobs) -> tuple[int, int]:
     if not t.projected:
-        return moment8_bytes(t.numel), 0
-    return moment8_bytes(r * t.K), _projector(t, r, s)
+        return moment8_bytes(t.numel) + UNORM, 0
+    return moment8_bytes(r * t.K) + UNORM, _projector(t, r, s)
 
 
 def _svd(t: Shape, r: int, s: int) -> int:
@@ -119,4 +124,4 @@ register(Impl("galore8bit", "galore-torch", "galore-torch 1.0 galore_torch.GaLor
               _state8, lambda t, r, s, o: _walk8([t], r, s, False), lambda t, r, s, o: _walk8([t], r, s, True),
               sequence_temp=lambda sh, r, s, o: _walk8(sh, r, s, False),
               sequence_refresh=lambda sh, r, s, o: _walk8(sh, r, s, True),
-              regular_first=True, checked_by="validate --impl galore-torch"))
+              regular_first=True, qmaps_per_optimizer=True, checked_by="validate --impl galore-torch"))

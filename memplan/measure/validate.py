@@ -130,13 +130,26 @@ def build(cfg: ValidateConfig):
         from memplan.models import build_model
         model = build_model(profile, dtype=dtype, device=device, checkpointing=cfg.checkpointing)
     model.train()
-    if method.adapter:
-        from memplan.inventory import resolve_targets
+    impl = cfg.resolved_impl
+    from memplan.inventory import resolve_targets
+    targets = resolve_targets(profile, cfg.target_modules)
+    if impl == "peft":
+        from memplan.measure.libs import apply_peft_lora
+        model = apply_peft_lora(model, cfg.rank, targets, train_non_target=False)
+    elif method.adapter:
         from memplan.models import apply_lora
-        apply_lora(model, cfg.rank, kind=cfg.method, target_modules=resolve_targets(profile, cfg.target_modules),
+        apply_lora(model, cfg.rank, kind=cfg.method, target_modules=targets,
                    train_non_target=method.train_non_target)
-    opt = build_optimizer(model, method.name, rank=cfg.rank, update_gap=UPDATE_GAP, layerwise=cfg.layerwise,
-                          target_modules=cfg.target_modules, total_steps=3)
+    from memplan.measure.libs import build_library_optimizer, uses_library
+    if uses_library(impl) and not (impl == "torch-forloop" and cfg.impl is None) and \
+            not (impl == "torch" and cfg.impl is None):
+        beta1 = "default" if cfg.beta1 is None else (None if cfg.beta1 == "none" else cfg.beta1)
+        opt = build_library_optimizer(model, impl, method.name, rank=cfg.rank, update_gap=UPDATE_GAP,
+                                      layerwise=cfg.layerwise, target_modules=cfg.target_modules,
+                                      momentum=cfg.momentum, beta1=beta1)
+    else:
+        opt = build_optimizer(model, method.name, rank=cfg.rank, update_gap=UPDATE_GAP, layerwise=cfg.layerwise,
+                              target_modules=cfg.target_modules, total_steps=3)
     ids = torch.randint(0, profile.vocab_size, (cfg.batch_size, cfg.seq_len), device=device)
     batch = {"input_ids": ids, "labels": ids.clone()}
     return model, opt, batch, (torch.bfloat16 if cfg.precision == "mixed" else None)
