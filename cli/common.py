@@ -93,7 +93,19 @@ def impl_options(f):
     return f
 
 
+def memory_options(f):
+    """--weights: how the block linears are stored (and later options that change a run's memory)."""
+    for opt in reversed([
+        click.option("--weights", type=click.Choice(["bf16", "int8", "nf4"]), default=None,
+                     help="Block linears as bf16 (unquantized), int8 (Q-GaLore / Q-APOLLO: groups of 256) or "
+                          "nf4 (QLoRA: bitsandbytes, double quantization). Default: the method's own."),
+    ]):
+        f = opt(f)
+    return f
+
+
 def estimate_options(f):
+    f = memory_options(f)
     f = impl_options(f)
     f = click.option("--gpu", "-g", default=None,
                      help="GPU profile id for the fit verdict (see 'memplan gpus'), or 'local' / 'local:N' for "
@@ -105,7 +117,7 @@ def estimate_options(f):
 
 
 CONFIG_KEYS = ("rank", "update_gap", "target_modules", "precision", "batch_size", "seq_len", "layerwise",
-               "checkpointing", "train_non_target", "impl", "momentum", "beta1")
+               "checkpointing", "train_non_target", "impl", "momentum", "beta1", "weights")
 
 
 def config_kwargs(opts: dict) -> dict:

@@ -7,7 +7,8 @@ import json
 import click
 from click.core import ParameterSource
 
-from memplan.cli.common import CONTEXT_SETTINGS, config_kwargs, handle_errors, model_options, run_options
+from memplan.cli.common import (CONTEXT_SETTINGS, config_kwargs, handle_errors, memory_options, model_options,
+                                run_options)
 from memplan import limits
 from memplan.errors import MemplanError
 from memplan.units import GiB
@@ -128,6 +129,7 @@ def compare(gpu, methods, as_json, **opts):
 @click.command(context_settings=CONTEXT_SETTINGS)
 @model_options
 @click.option("--method", default="galore", show_default=True, help="Training method (see 'memplan methods').")
+@memory_options
 @click.option("--ranks", default=None, help="Comma-separated ranks, e.g. 64,128,256,512 (default: 128).")
 @click.option("--batch-sizes", default="1", show_default=True, help="Comma-separated micro-batch sizes.")
 @click.option("--seq-lens", default="2048", show_default=True, help="Comma-separated sequence lengths.")
@@ -164,6 +166,7 @@ def sweep(method, ranks, batch_sizes, seq_lens, gpu, as_csv, as_json, **opts):
 @click.command(context_settings=CONTEXT_SETTINGS)
 @model_options
 @click.option("--method", default="adamw", show_default=True, help="Training method (see 'memplan methods').")
+@memory_options
 @click.option("--gpus", default=None, help="Comma-separated GPU ids to consider (default: every profile).")
 @click.option("--gpu-counts", default="1,2,4,8", show_default=True, help="Comma-separated GPU counts.")
 @click.option("--layouts", default=None, help="Comma-separated layouts to allow: single,ddp,zero1,zero2,zero3 "

@@ -24,6 +24,10 @@ def describe_config(est: Estimate) -> str:
         parts[-1] += f" ({fmt_count(est.trainable_count)} trainable)"
     meth = c.method + (f" rank {c.rank}" if m.uses_rank else "")
     parts += [meth, _impl_part(est), c.precision, f"batch {c.batch_size} x seq {c.seq_len}"]
+    from memplan.estimator import weight_format
+
+    if weight_format(c) != "bf16":
+        parts.insert(parts.index(c.precision) + 1, f"{weight_format(c)} weights")
     if c.layerwise:
         parts.append("per-layer update")
     if c.checkpointing:
@@ -64,7 +68,8 @@ def estimate_table(est: Estimate) -> str:
             hints = [h for h, on in (("--layerwise", est.config.layerwise),
                                      ("--checkpointing", est.config.checkpointing)) if not on]
             if hints:
-                lines.append(f"                try {' or '.join(hints)}, a smaller batch, or 'memplan fit'")
+                lines.append(f"                try {' or '.join(hints)}, a smaller batch, or 'memplan advise' "
+                             "(the changes that make it fit)")
     return "\n".join(lines)
 
 

@@ -131,6 +131,13 @@ SEQ = ("seq_len", 2, "shorter training context: nothing learned beyond it", "by 
 GPUS = ("gpus", 3, "more GPUs; ZeRO-1/2 move as much data as DDP, ZeRO-3 1.5x",
         "Rajbhandari et al., ZeRO (SC 2020), Sec. 7")
 
+WEIGHTS = {  # --weights FORMAT: the cost, and where the phrase comes from
+    "int8": ("INT8 weights, stochastic rounding: comparable to 16-bit training",
+             "Zhang et al., Q-GaLore (2024), abstract; Zhu et al., APOLLO (MLSys 2025), Q-APOLLO"),
+    "nf4": ("NF4 frozen base: preserves 16-bit fine-tuning performance",
+            "Dettmers et al., QLoRA (NeurIPS 2023), abstract"),
+}
+
 EIGHTBIT_TWIN = {"adamw": "adam8bit", "galore": "galore8bit", "gradnormlorp": "gradnormlorp8bit"}
 
 
@@ -164,8 +171,8 @@ def _alternatives(config: TrainingConfig) -> list[str]:
         return [m for m in ("qlora",) if m in METHODS and m != config.method]
     if current.adapter:
         return []
-    return [name for name, m in METHODS.items()
-            if m.uses_rank and not m.adapter and name not in (config.method, twin)]
+    return [name for name, m in METHODS.items()  # the projection methods: a subspace refreshed every T steps
+            if m.refresh_temp is not None and not m.adapter and name not in (config.method, twin)]
 
 
 # ---------------------------------------------------------------- moves: one change applied to a run
@@ -194,6 +201,12 @@ def _discrete(run: Run) -> list[tuple[Change, Run]]:
         out.append((CHECKPOINTING, replace(run, config=replace(c, checkpointing=True))))
     if not c.layerwise and run.num_gpus == 1:
         out.append((LAYERWISE, replace(run, config=replace(c, layerwise=True))))
+    from memplan.estimator import weight_format
+
+    for fmt in METHODS[c.method].weights:
+        if fmt in WEIGHTS and fmt != weight_format(c):
+            cost, src = WEIGHTS[fmt]
+            out.append((Change("weights", f"--weights {fmt}", 1, cost, src), replace(run, config=replace(c, weights=fmt))))
     twin = EIGHTBIT_TWIN.get(c.method)
     if twin:
         key, tier, cost, src = EIGHTBIT
@@ -284,7 +297,7 @@ def advise_config(config: TrainingConfig, gpu: GPUProfile, *, layout: str = "sin
 def _pairs(run: Run, s: Search) -> list[Option]:
     """Two changes together: two switches, or a switch then a size searched under it."""
     found = {}
-    firsts = _discrete(run)
+    firsts = [(c, r) for c, r in _discrete(run) if not s.ok(r)]  # a change enough alone is no half of a pair
     for (c1, r1), (c2, _) in combinations(firsts, 2):
         if c1.key == c2.key or {c1.key, c2.key} <= {"method", "eightbit"}:
             continue  # two method switches are one switch

@@ -22,7 +22,7 @@ from memplan.inventory import _inventory, resolve_targets, shape_groups
 from memplan.methods import METHODS, Method, Shape, get_method
 from memplan.phases import StepTerms, compose
 from memplan.profiles import GPUProfile, ModelProfile, load_gpu, load_model
-from memplan.quant import QMAP_BYTES, quantized
+from memplan.quant import QMAP_BYTES, quantized, weight_bytes
 from memplan.units import MiB
 
 CATEGORIES = ("parameters", "gradients", "optimizer_states", "projectors", "activations", "temporaries", "overhead")
@@ -66,6 +66,7 @@ class TrainingConfig:
     impl: str | None = None  # the code that runs the method (see 'memplan methods'); None: the method's default
     momentum: float | None = None  # SGD momentum (0: no buffer); None: the implementation's default
     beta1: float | str | None = None  # Adafactor first moment: a float, "none" (no first moment), None: default
+    weights: str | None = None  # block linears stored as bf16 (unquantized) | int8 | nf4; None: the method's default
 
     def __post_init__(self):
         check_config(self)
@@ -116,10 +117,34 @@ def check_config(c: TrainingConfig) -> None:
                                f"{c.model.name}. Use --rank between 1 and {k}.")
 
 
+def weight_format(c: TrainingConfig) -> str:
+    """The weight format in effect: the given one, else the method's default."""
+    return c.weights or METHODS[get_method(c.method).name].weights[0]
+
+
+def impl_name(c: TrainingConfig) -> str | None:
+    """The implementation asked for; without one, the weight format's own (Q-APOLLO for INT8 APOLLO)."""
+    return c.impl or dict(METHODS[get_method(c.method).name].weight_impls).get(weight_format(c))
+
+
+def _check_weights(c: TrainingConfig, method: Method) -> None:
+    from memplan.quant import WEIGHT_FORMATS
+
+    if c.weights is not None and c.weights not in WEIGHT_FORMATS:
+        from memplan.errors import unknown
+
+        raise unknown("weight format", str(c.weights), WEIGHT_FORMATS, "memplan estimate --help")
+    if c.weights is not None and c.weights not in method.weights:
+        raise MemplanError(f"Method '{method.name}' does not train on {c.weights} weights: it allows "
+                           f"{', '.join(method.weights)}. Quantized weights: qlora/lora (nf4), qgalore (int8), "
+                           "apollo/apollo-mini (int8).")
+
+
 def _check_impl_options(c: TrainingConfig, method: Method) -> None:
     from memplan.impls import NO_BETA1, get_impl
 
-    get_impl(method.name, c.impl)
+    _check_weights(c, method)
+    get_impl(method.name, impl_name(c))
     m = c.momentum
     if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1):
         raise MemplanError(f"Momentum must be a number in [0, 1), got {m!r}. Use --momentum 0.9 (0: no buffer).")
@@ -229,7 +254,7 @@ class Estimate:
         """The implementation record the estimate models (memplan.impls.Impl)."""
         from memplan.impls import get_impl
 
-        return get_impl(self.config.method, self.config.impl)
+        return get_impl(self.config.method, impl_name(self.config))
 
     @property
     def knobs(self):
@@ -270,7 +295,7 @@ class Estimate:
         cfg["model"] = c.model.name
         cfg["target_modules"] = list(resolve_targets(c.model, c.target_modules))
         impl, kn = self.impl, self.knobs
-        cfg.update(impl=impl.name, momentum=kn.momentum, beta1=kn.beta1)
+        cfg.update(impl=impl.name, momentum=kn.momentum, beta1=kn.beta1, weights=weight_format(c))
         out = {
             "config": cfg,
             "impl": impl.name,
@@ -293,8 +318,9 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     from memplan.impls import get_impl, knobs
 
     method = METHODS[get_method(c.method).name]
-    impl = get_impl(method.name, c.impl)
+    impl = get_impl(method.name, impl_name(c))
     kn = knobs(impl, c.momentum, c.beta1)
+    wfmt = weight_format(c)
     prec = PRECISIONS[c.precision]
     targets = resolve_targets(c.model, c.target_modules)
     train_other = method.train_non_target if c.train_non_target is None else c.train_non_target
@@ -312,7 +338,10 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
         pb, gb = (own, own) if own else (prec.param, prec.grad)
         s = gb  # optimizer state follows the gradient dtype
         n_params += n * numel
-        params += n * numel * pb
+        if wfmt != "bf16" and shape.matrix and role in ("attention", "mlp"):  # quantized block linears
+            params += n * weight_bytes(wfmt, numel, pb)
+        else:
+            params += n * numel * pb
         if not trainable:
             continue
         n_trainable += n * numel

@@ -234,3 +234,4 @@ def knobs(impl: Impl, momentum: float | None, beta1) -> Knobs:
 
 
 from memplan import impls_galore as _galore  # noqa: E402,F401  (registers galore-torch records)
+from memplan import impls_recent as _recent  # noqa: E402,F401  (registers QLoRA, Q-GaLore, APOLLO, Fira)

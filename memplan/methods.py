@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from memplan import rules_recent as rec
 from memplan.quant import moment8_bytes
 
 STEP = 4  # state["step"]: a 0-d fp32 tensor per parameter with state, as torch.optim.AdamW keeps it
@@ -223,6 +224,8 @@ class Method:
     uses_rank: bool = False
     train_non_target: bool = True  # default for non-target parameters (adapter methods)
     default_impl: str = "bundled"  # the implementation a user gets by default (memplan/impls.py)
+    weights: tuple[str, ...] = ("bf16",)  # weight formats the method allows (--weights); the first is its default
+    weight_impls: tuple[tuple[str, str], ...] = ()  # (format, implementation) pairs: a format's own code
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -240,7 +243,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            default_impl="bitsandbytes"),
     Method("lora", "LoRA: frozen base weights, trainable low-rank adapters A (r x n), B (m x r).",
            "Hu et al., LoRA (ICLR 2022)", adamw_state, adamw_step_temp,
-           adapter="lora", uses_rank=True, train_non_target=False, default_impl="peft"),
+           adapter="lora", uses_rank=True, train_non_target=False, default_impl="peft", weights=("bf16", "nf4")),
     Method("relora", "ReLoRA: LoRA with periodic merges into the base weights and optimizer resets.",
            "Lialin et al., ReLoRA: High-Rank Training Through Low-Rank Updates (ICLR 2024)",
            adamw_state, adamw_step_temp, refresh_temp=lambda t, r, s: t.numel * s,  # merged B A, m x n
@@ -267,6 +270,27 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "Huang et al., Gradient Weight-normalized Low-rank Projection (AAAI 2025)",
            gradnormlorp8bit_state, gradnormlorp8bit_step_temp, gradnormlorp_refresh_temp, eightbit=True,
            uses_rank=True),
+    # the methods people pick for a 16-24 GB GPU (memplan/rules_recent.py: each rule from its library)
+    Method("qlora", "QLoRA: NF4 base weights (double quantization) + LoRA adapters, paged 8-bit AdamW.",
+           "Dettmers et al., QLoRA: Efficient Finetuning of Quantized LLMs (NeurIPS 2023)",
+           rec.qlora_state, rec.no_temp, adapter="lora", eightbit=True, uses_rank=True, train_non_target=False,
+           default_impl="peft-bitsandbytes", weights=("nf4",)),
+    Method("qgalore", "Q-GaLore: INT8 weights, INT4 SVD projections with lazy refresh, 8-bit low-rank Adam.",
+           "Zhang et al., Q-GaLore: Quantized GaLore with INT4 Projection and Layer-Adaptive Low-Rank "
+           "Gradients (2024)", rec.qgalore_state, rec.qgalore_step_temp, rec.qgalore_refresh_temp,
+           eightbit=True, uses_rank=True, default_impl="q-galore-torch", weights=("int8", "bf16"),
+           weight_impls=(("bf16", "q-galore-torch-bf16"),)),
+    Method("apollo", "APOLLO: AdamW moments of a random projection set channel-wise scales of the raw gradient.",
+           "Zhu et al., APOLLO: SGD-like Memory, AdamW-level Performance (MLSys 2025)",
+           rec.apollo_state, rec.apollo_step_temp, rec.apollo_refresh_temp, uses_rank=True,
+           default_impl="apollo-torch", weights=("bf16", "int8"), weight_impls=(("int8", "q-apollo"),)),
+    Method("apollo-mini", "APOLLO-Mini: rank-1 random projection, one tensor-wise scale per weight.",
+           "Zhu et al., APOLLO: SGD-like Memory, AdamW-level Performance (MLSys 2025)",
+           rec.apollo_mini_state, rec.apollo_mini_step_temp, rec.apollo_mini_refresh_temp,
+           default_impl="apollo-torch", weights=("bf16", "int8"), weight_impls=(("int8", "q-apollo"),)),
+    Method("fira", "Fira: GaLore's SVD subspace plus the residual gradient, scaled by the subspace's Adam ratio.",
+           "Chen et al., Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint? (2024)",
+           rec.fira_state, rec.fira_step_temp, rec.fira_refresh_temp, uses_rank=True, default_impl="fira"),
 ]}
 
 

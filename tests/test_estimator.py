@@ -53,18 +53,37 @@ EXPECTED = {
     "lora": (2 * 8192 * 2 + 14 * 4, 0),  # non-target frozen (fine-tuning default)
     "relora": (2 * (8192 + 12992) * 2 + 19 * 4, 0),  # pre-training: non-target trainable
     "lowrank": (2 * (8192 + 12992) * 2 + 19 * 4, 0),
+    # the libraries' records (memplan/rules_recent.py, checked against each library in test_recent_methods.py);
+    # no 0-d step tensors (Python ints). APOLLO: GaLore's moments + the limiter's 0-d bf16 norm (2 B)
+    "apollo": (4 * (2 * R * 64 * 2 + 2) + 3 * (2 * R * 128 * 2 + 2) + 2 * 12992 * 2,
+               R * (64 + 32 + 32 + 64 + 3 * 64) * 2),
+    "apollo-mini": (4 * (2 * 64 * 2 + 2) + 3 * (2 * 128 * 2 + 2) + 2 * 12992 * 2, (64 + 32 + 32 + 64 + 3 * 64) * 2),
+    "fira": (4 * (2 * R * 64 * 2 + 2) + 3 * (2 * R * 128 * 2 + 2) + 2 * 12992 * 2,
+             R * (64 + 32 + 32 + 64 + 3 * 64) * 2),
+    # r x K < 4096: fp32 moments; embed/head 8-bit; norms fp32; maps once. Projector: r x k uint8 codes,
+    # scale and zero per 256 (bf16), the previous first vector (k, bf16): 648 for k = 64, 324 for k = 32
+    "qgalore": (4 * 2 * R * 64 * 4 + 3 * 2 * R * 128 * 4 + 2 * 2 * (6400 + 25 * 4) + 3 * 2 * 64 * 4 + 2048,
+                5 * (512 + 2 * 2 * 2 + 64 * 2) + 2 * (256 + 2 * 1 * 2 + 32 * 2)),
+    # fp32 adapters (8192 elements, all below 4096 per tensor): fp32 moments, no maps, no steps
+    "qlora": (2 * 8192 * 4, 0),
 }
 
 # the implementation whose state the hand counts above describe (memplan's bundled build)
-BUNDLED = {"adamw": dict(impl="torch-forloop"), "sgd": dict(impl="torch", momentum=0.9)}
+BUNDLED = {"adamw": dict(impl="torch-forloop"), "sgd": dict(impl="torch", momentum=0.9),
+           "apollo": {}, "apollo-mini": {}, "fira": {}, "qgalore": {}, "qlora": {}}  # their libraries' records
 
 
 def bundled(method: str) -> dict:
     return BUNDLED.get(method, dict(impl="bundled"))
 
 
-PARAMS = {"lora": (49856 + 8192) * 2, "relora": (49856 + 8192) * 2, "lowrank": (12992 + 8192) * 2}
-GRADS = {"lora": 8192 * 2, "relora": (8192 + 12992) * 2, "lowrank": (8192 + 12992) * 2}
+# INT8 (Q-GaLore): N codes + bf16 scale and zero per 256; NF4 (QLoRA): N/2 codes, N/64 uint8 absmax, a 4 B
+# offset, one fp32 per 256 absmax, the 64 B NF4 table and the 1024 B nested map, per weight
+INT8 = 2 * (4096 + 2 * 16 * 2) + 2 * (2048 + 2 * 8 * 2) + 3 * (8192 + 2 * 32 * 2)
+NF4 = 2 * (2048 + 64 + 4 + 4 + 64 + 1024) + 2 * (1024 + 32 + 4 + 4 + 64 + 1024) + 3 * (4096 + 128 + 4 + 4 + 64 + 1024)
+PARAMS = {"lora": (49856 + 8192) * 2, "relora": (49856 + 8192) * 2, "lowrank": (12992 + 8192) * 2,
+          "qgalore": 12992 * 2 + INT8, "qlora": 12992 * 2 + NF4 + 8192 * 4}
+GRADS = {"lora": 8192 * 2, "relora": (8192 + 12992) * 2, "lowrank": (8192 + 12992) * 2, "qlora": 8192 * 4}
 
 
 def test_every_method_has_a_hand_count():
