@@ -51,8 +51,8 @@ BANDWIDTH_GBS = Bound(0.0, 1e6, "the fastest GPU memories move about 8,000 GB/s"
 PRICE_USD = Bound(0.0, 1e8, "no single GPU costs a hundred million dollars")
 GPU_PROFILES = 1024  # GPUs in one --gpu-file: `plan` searches every one of them
 FILE_BYTES = 1 << 20  # a Hugging Face config.json or a GPU file is a few KB; 1 MiB is a generous limit
-REPORT_BYTES = 64 << 20  # a validation report: the small grid's 79 points are 0.3 MB
-REPORT_POINTS = 20_000  # points in one validation report (the full grid has a few hundred)
+REPORT_BYTES = 4 << 20  # a validation report: the full grid's 268 points are about 1 MB
+REPORT_POINTS = 2_000  # points in one validation report (the full grid has 268)
 
 
 def check_int(value, bound: Bound, what: str) -> int:
@@ -126,7 +126,7 @@ def table() -> str:
              ("LIST_ITEMS", f"at most {LIST_ITEMS}", "values in one comma-separated option"),
              ("GPU_PROFILES", f"at most {GPU_PROFILES:,}", "GPUs in one --gpu-file (plan searches every one)"),
              ("FILE_BYTES", f"at most {FILE_BYTES:,}", "bytes of a config.json or GPU file (they are a few KB)"),
-             ("REPORT_BYTES", f"at most {REPORT_BYTES:,}", "bytes of a validation report (79 points: 0.3 MB)"),
+             ("REPORT_BYTES", f"at most {REPORT_BYTES:,}", "bytes of a validation report (the full grid's: about 1 MB)"),
              ("REPORT_POINTS", f"at most {REPORT_POINTS:,}", "points in a validation report")]
     w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
     return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows)
