@@ -198,8 +198,8 @@ class _Reader:
 # Keys that change the architecture in ways memplan does not model: refused, naming the key,
 # rather than estimated as a plain dense model (a silent wrong answer).
 _UNMODELLED = {
-    "quantization_config": "quantized weights (bitsandbytes, GPTQ, AWQ, ...) are not modelled; memplan "
-                           "estimates training the unquantized model. Remove the key to estimate that.",
+    "quantization_config": "a quantized checkpoint is not read from its config; remove the key, and give "
+                           "--weights nf4 (QLoRA) or --weights int8 (Q-GaLore) to train on quantized base weights.",
     "add_cross_attention": "cross-attention layers are not modelled (decoder-only and encoder-only models are).",
     "is_encoder_decoder": "encoder-decoder models are not modelled (decoder-only and encoder-only models are).",
     "use_sliding_window": "sliding-window attention is modelled only as Mistral's 'sliding_window'.",
