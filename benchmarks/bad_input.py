@@ -32,6 +32,19 @@ LIMIT_SECONDS = 1.0
 LIMIT_MIB = 300
 
 
+def gzip_bomb(path: Path) -> None:
+    """1.5 MB of gzip that inflates to 1.5 GiB: too heavy for the test suite, measured here."""
+    import gzip
+
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        chunk = bytes(64 << 20)
+        for _ in range(24):
+            f.write(chunk)
+
+
+HEAVY = [("snapshot: gzip bomb (1.5 MB -> 1.5 GiB)", "bomb.pickle.gz", gzip_bomb, 2)]
+
+
 def run_process(args: list[str]) -> tuple[int, float, float, float]:
     """(exit code, wall seconds, CPU seconds, peak RSS in MiB) of `python -m memplan.cli.main args` on its own."""
     t0 = time.perf_counter()
@@ -67,7 +80,8 @@ def run_upload(up) -> tuple[float, float]:
         at.sidebar.file_uploader[0].set_value((up.filename, up.content, "application/json"))
     else:
         at.switch_page("pages_validation.py").run()
-        at.file_uploader(key="val_report").set_value((up.filename, up.content, "application/json"))
+        key = "val_report" if up.target == "report" else "val_snapshot"
+        next(u for u in at.file_uploader if u.key == key).set_value((up.filename, up.content, "application/json"))
     tracemalloc.start()
     t0 = time.perf_counter()
     at.run()
@@ -90,6 +104,13 @@ def main() -> int:
                          "expected_exit_code": case.code, "process_seconds": round(wall, 3),
                          "process_cpu_seconds": round(cpu, 3),
                          "process_peak_rss_mib": round(rss, 1), "inprocess_seconds": round(run_inprocess(args), 4)})
+        for name, file, make, expected in HEAVY:  # process only: measured, not run by the tests
+            make(Path(folder) / file)
+            code, wall, cpu, rss = run_process(["snapshot", str(Path(folder) / file)])
+            rows.append({"kind": "cli", "name": name, "args": f"snapshot {file}", "exit_code": code,
+                         "expected_exit_code": expected, "process_seconds": round(wall, 3),
+                         "process_cpu_seconds": round(cpu, 3), "process_peak_rss_mib": round(rss, 1),
+                         "inprocess_seconds": round(wall, 3)})
     os.chdir(tempfile.gettempdir())  # no default validation report is picked up
     for up in UPLOADS:
         seconds, peak = run_upload(up)

@@ -30,8 +30,27 @@ def _j(base: dict, **changes) -> bytes:
     return json.dumps({**base, **changes}).encode()
 
 
+_EVENT = {"action": "alloc", "addr": 1, "size": 512, "stream": 0, "frames": []}
+_SEGMENT = {"device": 0, "address": 0, "total_size": -10**15, "allocated_size": 0, "active_size": 0, "stream": 0,
+            "segment_type": "large", "blocks": [{"size": -10**15, "state": "active_allocated", "address": 0}]}
+
+
+class _RunsCode:
+    """Unpickling this would run os.getpid: a stand-in for a malicious snapshot."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getpid, ())
+
+
 # name -> bytes, written to the corpus folder
 FILES: dict[str, bytes] = {
+    # a 22 KB pickle repeating one event list by reference: 10^7 events (issue 11's CPU DoS)
+    "snapshot_memo.pickle": pickle.dumps({"segments": [], "device_traces": [[_EVENT] * 1000] * 10_000}),
+    "snapshot_negative.pickle": pickle.dumps({"segments": [_SEGMENT], "device_traces": [[]]}),
+    "snapshot_code.pickle": pickle.dumps(_RunsCode()),
+    "snapshot_text.pickle": b"not a pickle at all",
     "layers_1e6.json": _j(LLAMA, num_hidden_layers=10**6),
     "layers_1e7.json": _j(LLAMA, num_hidden_layers=10**7),
     "layers_1e12.json": _j(LLAMA, num_hidden_layers=10**12),
@@ -206,6 +225,11 @@ CLI: list[Case] = [
     Case("2,000 GPUs", ("plan", "--model", "llama-7b", "--gpu-file", "{d}/gpus_many.toml"),
          "a GPU file holds at most 1,024"),
     Case("memory_mib '24GB'", ("gpus", "--gpu-file", "{d}/gpus_string_mib.toml"), "must be an integer, got '24GB'"),
+    # CUDA memory snapshots (memplan/snapshot.py's bounded reader)
+    Case("snapshot: 10^7 events by reference", ("snapshot", "{d}/snapshot_memo.pickle"), "more than the 2,000,000"),
+    Case("snapshot: negative sizes", ("snapshot", "{d}/snapshot_negative.pickle"), "is negative"),
+    Case("snapshot: code in the pickle", ("snapshot", "{d}/snapshot_code.pickle"), "Refusing to load the snapshot"),
+    Case("snapshot: not a pickle", ("snapshot", "{d}/snapshot_text.pickle"), "Not a CUDA memory snapshot"),
     # a correct answer that fits nowhere: its own exit code
     Case("plan: nothing fits", ("plan", "--model", "llama-13b", "--gpus", "rtx-3060-12gb", "--gpu-counts", "1"),
          "Nothing fits", code=3),
@@ -222,7 +246,7 @@ class Upload:
     filename: str
     content: bytes
     message: str
-    target: str = "config"  # "config" | "report"
+    target: str = "config"  # "config" | "report" | "snapshot"
     extra: dict = field(default_factory=dict)
 
 
@@ -245,6 +269,9 @@ UPLOADS: list[Upload] = [
     Upload("config: 2 MiB", "config.json", FILES["big.json"], "memplan reads at most"),
     Upload("config: markdown in the file name", "![x](http:evil.example.com/a.png).json", FILES["tie_string.json"],
            "must be true or false"),
+    Upload("snapshot: 10^7 events by reference", "s.pickle", FILES["snapshot_memo.pickle"], "more than the 2,000,000",
+           "snapshot"),
+    Upload("snapshot: negative sizes", "s.pickle", FILES["snapshot_negative.pickle"], "is negative", "snapshot"),
     Upload("report: NaN", "r.json", json.dumps([{**_POINT, "error": {"peak": {"relative": float("nan")}}}]).encode(),
            "NaN is not a number JSON allows", "report"),
     Upload("report: 1e999", "r.json", _report([_POINT])[:-2] + b', "error": {"peak": 1e999}}]',

@@ -144,7 +144,8 @@ def test_dashboard_upload_is_one_message(at, up):
         at.sidebar.file_uploader[0].set_value((up.filename, up.content, "application/json"))
     else:
         at.switch_page("pages_validation.py").run()
-        at.file_uploader(key="val_report").set_value((up.filename, up.content, "application/json"))
+        key = "val_report" if up.target == "report" else "val_snapshot"
+        next(u for u in at.file_uploader if u.key == key).set_value((up.filename, up.content, "application/json"))
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1, [e.value for e in at.error]
