@@ -7,6 +7,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import memplan
 from memplan.models import build_model
 from memplan.optim import build_optimizer, optimizer_state_bytes
+from memplan.optim.build import built_estimate_options
 from memplan.profiles import model_from_config
 
 METHODS = ["adamw", "sgd", "adafactor", "adam8bit", "galore", "galore8bit", "golore", "sumo", "gradnormlorp",
@@ -41,7 +42,8 @@ def _held_bytes(profile, method, precision, rank, layerwise=False):
 
 
 def _estimated(profile, method, precision, rank, layerwise=False):
-    est = memplan.estimate(profile, method, rank=rank, precision=precision, layerwise=layerwise)
+    est = memplan.estimate(profile, method, rank=rank, precision=precision, layerwise=layerwise,
+                           **built_estimate_options(method))
     return {"optimizer_states": est.breakdown["optimizer_states"], "projectors": est.breakdown["projectors"]}
 
 

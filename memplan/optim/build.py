@@ -42,6 +42,15 @@ _DENSE = {
 }
 METHODS = tuple(_DENSE) + tuple(_PROJECTED)
 
+# The estimator options (memplan/impls.py records) that model what build_optimizer builds:
+# torch's AdamW one tensor at a time, torch's SGD with momentum 0.9, memplan's bundled code otherwise.
+_BUILT_AS = {"adamw": {"impl": "torch-forloop"}, "sgd": {"impl": "torch", "momentum": 0.9}}
+
+
+def built_estimate_options(method: str) -> dict:
+    """``memplan.estimate`` options (impl, momentum) for the optimizer ``build_optimizer`` makes."""
+    return dict(_BUILT_AS.get(method, {"impl": "bundled"}))
+
 
 def build_optimizer(model: torch.nn.Module, method: str, *, rank: int = 128, update_gap: int = 200,
                     scale: float | None = None, lr: float | None = None, target_modules=None,
