@@ -35,6 +35,7 @@ def estimate(model: ModelProfile, method: str, gpu: str, opts: dict) -> memplan.
 def compare(model: ModelProfile, methods: tuple[str, ...], gpu: str, opts: dict) -> list[dict]:
     """`memplan.compare`: one row per method, smallest peak first, with the saving against AdamW."""
     rows = []
+    opts = {k: v for k, v in opts.items() if k != "impl"}  # each method with its own default implementation
     for r in memplan.compare(model, list(methods), gpu=gpu, **opts):
         fit = r.estimate.fit()
         rows.append({"method": r.method, "breakdown": dict(r.estimate.breakdown),
@@ -44,15 +45,25 @@ def compare(model: ModelProfile, methods: tuple[str, ...], gpu: str, opts: dict)
     return rows
 
 
+def for_method(method: str, opts: dict) -> dict:
+    """`opts` for another method: the chosen implementation if it has it, else its own default."""
+    from memplan.impls import carried
+
+    out = {k: v for k, v in opts.items() if k != "impl"}
+    impl = carried(method, opts.get("impl"))
+    return {**out, "impl": impl} if impl else out
+
+
 @st.cache_data(show_spinner=False, max_entries=128)
 def rank_sweep(model: ModelProfile, methods: tuple[str, ...], opts: dict) -> dict[str, list[tuple[int, int]]]:
     """{method: [(rank, device total bytes), ...]} over RANKS up to the model's smallest projected side."""
     out = {}
     for m in methods:
         pts = []
+        mo = for_method(m, opts)
         for r in RANKS:
             try:
-                pts.append((r, memplan.estimate(model, m, **{**opts, "rank": r}).device_total_bytes))
+                pts.append((r, memplan.estimate(model, m, **{**mo, "rank": r}).device_total_bytes))
             except MemplanError:
                 break  # the rank passed the smallest projected dimension
         out[m] = pts
@@ -65,9 +76,10 @@ def largest_ranks(model: ModelProfile, methods: tuple[str, ...], gpu: str, opts:
     out = {}
     rest = {k: v for k, v in opts.items() if k != "rank"}
     for m in methods:
-        r = memplan.max_rank(model, gpu, m, **rest, rank=1)  # the search sets the rank; 1 is valid on any model
+        mo = for_method(m, rest)
+        r = memplan.max_rank(model, gpu, m, **mo, rank=1)  # the search sets the rank; 1 is valid on any model
         if r:
-            out[m] = (r, memplan.estimate(model, m, **{**rest, "rank": r}).device_total_bytes)
+            out[m] = (r, memplan.estimate(model, m, **{**mo, "rank": r}).device_total_bytes)
     return out
 
 

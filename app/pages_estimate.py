@@ -81,7 +81,7 @@ def render() -> None:
     g = fit.gpu
 
     st.markdown(f"## {run.model.name} · {run.method}" + (f" · rank {run.rank}" if run.uses_rank else ""))
-    st.caption(f"{run.precision}, batch {run.batch_size} × {run.seq_len} tokens"
+    st.caption(f"{est.impl.name} ({est.impl.library}) · {run.precision}, batch {run.batch_size} × {run.seq_len} tokens"
                + (", per-layer update" if run.layerwise else "") + (", checkpointing" if run.checkpointing else "")
                + f" · {est.parameter_count / 1e9:.2f} B parameters, {est.trainable_count / 1e9:.2f} B trainable")
     advice = advice_markdown(state.shown(data.advice, run.model, run.method, run.gpu, run.options()))

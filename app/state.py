@@ -40,11 +40,14 @@ class Inputs:
     checkpointing: bool
     gpu: str  # GPU profile id
     model_error: str | None = None
+    impl: str | None = None  # the implementation of `method` (memplan.impls); None: the method's default
 
     def options(self, **changes) -> dict:
-        """Keyword arguments for `memplan.estimate` (TrainingConfig fields)."""
+        """Keyword arguments for `memplan.estimate` (TrainingConfig fields) of the chosen method."""
         opts = dict(rank=self.rank, precision=self.precision, batch_size=self.batch_size, seq_len=self.seq_len,
                     layerwise=self.layerwise, checkpointing=self.checkpointing)
+        if self.impl is not None:
+            opts["impl"] = self.impl
         opts.update(changes)
         return opts
 
@@ -157,6 +160,20 @@ def _model_input() -> tuple[ModelProfile | None, str | None]:
         return None, str(e)
 
 
+def _impl_input(method: str) -> str:
+    """The implementation selector: the code that runs the method (its default first)."""
+    from memplan.impls import impls_of
+
+    default = METHODS[method].default_impl
+    names = [default] + [n for n in impls_of(method) if n != default]
+    pick = st.selectbox("Implementation", names, key=f"in_impl_{method}",
+                        format_func=lambda n: f"{n} (default)" if n == default else n,
+                        help="The library that runs the method: its transients and state differ "
+                             "(e.g. torch's foreach AdamW keeps one extra buffer the size of all parameters).")
+    st.caption(impls_of(method)[pick].library)
+    return pick
+
+
 _KEPT = "_kept_inputs"  # a plain session key: it survives a run that failed, widget keys may not
 
 
@@ -180,6 +197,7 @@ def sidebar() -> Inputs:
         method = st.selectbox("Method", list(METHODS), key="in_method",
                               help="\n\n".join(f"**{m.name}**: {m.description}" for m in METHODS.values()))
         st.caption(METHODS[method].description)
+        impl = _impl_input(method)
         uses_rank = METHODS[method].uses_rank
         rank = st.number_input("Rank r", min_value=1, max_value=65536, step=32, key="in_rank",
                                disabled=not uses_rank,
@@ -205,7 +223,7 @@ def sidebar() -> Inputs:
             f"{g.memory_mib / 1024:.1f} GiB framebuffer"
         st.caption(f"{g.name}: {usable}" + (f" · ${g.price_per_hour_usd:.2f}/h" if g.price_per_hour_usd else ""))
     chosen = Inputs(model, method, int(rank), precision, int(batch), int(seq), bool(layerwise), bool(ckpt), gpu,
-                    model_error)
+                    model_error, impl)
     st.session_state["_inputs"] = chosen
     st.session_state[_KEPT] = {k: st.session_state[f"in_{k}"] for k in DEFAULTS if f"in_{k}" in st.session_state}
     return chosen

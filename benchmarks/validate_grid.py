@@ -17,10 +17,13 @@ def resummarize(path: Path) -> None:
     from memplan.cli.validate import summary_table
     from memplan.measure.grid import summarize
     report = json.loads(path.read_text())
-    rows = summarize(report["points"])
-    report["summary"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()} for r in rows]
+    rows, families = summarize(report["points"]), summarize(report["points"], by="family")
+    listed = lambda rs: [{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()} for r in rs]  # noqa: E731
+    report["summary"], report["summary_families"] = listed(rows), listed(families)
     path.write_text(json.dumps(report, indent=1))
     print(summary_table(rows))
+    print()
+    print(summary_table(families))
     print(f"\n{report['passed']}/{report['total']} points pass; worst / median per column (exact columns in "
           f"bytes). Wall time {report['wall_seconds']:.0f} s. Report: {path}")
 

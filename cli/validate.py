@@ -54,19 +54,26 @@ def point_table(v: dict) -> str:
 
 
 def summary_table(rows) -> str:
+    """Worst / median errors per group: (method, implementation) rows, or family rows."""
     from tabulate import tabulate
+
+    def fmt(pair, rel):
+        if pair is None or pair[0] is None:
+            return "-"
+        return f"{100 * pair[0]:.2f}% / {100 * pair[1]:.2f}%" if rel else f"{pair[0]:,} / {pair[1]:,}"
+    by_family = bool(rows) and "family" in rows[0]
     table = []
     for r in rows:
-        def fmt(pair, rel):
-            if pair[0] is None:
-                return "-"
-            return f"{100 * pair[0]:.2f}% / {100 * pair[1]:.2f}%" if rel else f"{pair[0]:,} / {pair[1]:,}"
-        table.append([r["method"], f"{r['passed']}/{r['points']}", fmt(r["parameters"], False),
-                      fmt(r["gradients"], False), fmt(r["optimizer_states"], False), fmt(r["projectors"], False),
-                      fmt(r["activations"], True), fmt(r["temporaries"], True), fmt(r["peak"], True),
-                      f"{r['phase_match']}/{r['points']}"])
-    return tabulate(table, headers=["method", "passed", "params B", "grads B", "states B", "proj B",
-                                    "activations (%peak)", "temporaries (%peak)", "peak", "peak phase"], disable_numparse=True)
+        head = [r["family"]] if by_family else [r["method"], r.get("impl", "")]
+        table.append(head + [f"{r['passed']}/{r['points']}", fmt(r["parameters"], False),
+                             fmt(r["gradients"], False), fmt(r["optimizer_states"], False),
+                             fmt(r["projectors"], False), fmt(r.get("activations"), True),
+                             fmt(r.get("transients", r.get("temporaries")), True), fmt(r["peak"], True),
+                             f"{r['phase_match']}/{r['points']}"])
+    heads = (["family"] if by_family else ["method", "impl"]) + [
+        "passed", "params B", "grads B", "states B", "proj B", "activations (%peak)", "transients (%peak)", "peak",
+        "peak phase"]
+    return tabulate(table, headers=heads, disable_numparse=True)
 
 
 @click.command("validate", context_settings=CONTEXT_SETTINGS)
@@ -84,7 +91,7 @@ def summary_table(rows) -> str:
 @click.option("--hf", "with_hf", is_flag=True, help="Also measure transformers' LlamaForCausalLM (random weights).")
 @click.option("--snapshot", type=click.Path(dir_okay=False), default=None,
               help="With --device cuda: write a CUDA memory snapshot (open it in pytorch.org/memory_viz).")
-@click.option("--grid", type=click.Choice(["small", "full"]), default=None,
+@click.option("--grid", type=click.Choice(["small", "full", "impls"]), default=None,
               help="Run a validation grid instead of one point and write a JSON report.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Report path for --grid (default benchmarks/results/validate_<grid>.json).")
@@ -187,9 +194,10 @@ def _run_grid(name, out, as_json):
             bar.set_postfix_str(f"{c['model']} {c['method']} {'PASS' if r['passed'] else 'FAIL'}")
         results = run_grid(configs, progress=bar.update, on_result=show)
     wall = time.perf_counter() - t0
-    summary = summarize(results)
+    summary, families = summarize(results), summarize(results, by="family")
+    listed = lambda rows: [{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()} for r in rows]  # noqa: E731
     report = {"grid": name, "wall_seconds": round(wall, 1), "points": results,
-              "summary": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()} for r in summary],
+              "summary": listed(summary), "summary_families": listed(families),
               "passed": sum(r["passed"] for r in results), "total": len(results)}
     path = Path(out or f"benchmarks/results/validate_{name}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,12 +206,14 @@ def _run_grid(name, out, as_json):
         click.echo(json.dumps(report["summary"], indent=2))
     else:
         click.echo(summary_table(summary))
+        click.echo("\n" + summary_table(families))
         click.echo(f"\n{report['passed']}/{report['total']} points pass; worst / median per column "
                    f"(exact columns in bytes). Wall time {wall:.0f} s. Report: {path}")
         for r in results:
             if not r["passed"]:
                 c = r["config"]
-                click.echo(f"FAIL {c['model']} {c['device']} {c['method']} layerwise={c['layerwise']} "
+                click.echo(f"FAIL {c['model']} {c['device']} {c['method']} {c.get('impl') or ''} "
+                           f"layerwise={c['layerwise']} "
                            f"checkpointing={c['checkpointing']}: {'; '.join(r['failures'])}")
     if report["passed"] != report["total"]:
         raise SystemExit(1)

@@ -202,6 +202,7 @@ def _discrete(run: Run) -> list[tuple[Change, Run]]:
     if not c.layerwise and run.num_gpus == 1:
         out.append((LAYERWISE, replace(run, config=replace(c, layerwise=True))))
     from memplan.estimator import weight_format
+    from memplan.impls import carried
 
     for fmt in METHODS[c.method].weights:
         if fmt in WEIGHTS and fmt != weight_format(c):
@@ -210,10 +211,10 @@ def _discrete(run: Run) -> list[tuple[Change, Run]]:
     twin = EIGHTBIT_TWIN.get(c.method)
     if twin:
         key, tier, cost, src = EIGHTBIT
-        out.append((Change(key, f"--method {twin}", tier, cost, src), replace(run, config=replace(c, method=twin))))
+        out.append((Change(key, f"--method {twin}", tier, cost, src), replace(run, config=replace(c, method=twin, impl=carried(twin, c.impl)))))
     for name in _alternatives(c):
         try:
-            new = replace(c, method=name)
+            new = replace(c, method=name, impl=carried(name, c.impl))
         except MemplanError:  # e.g. the rank does not suit the method
             continue
         cost, src = method_cost(name)

@@ -221,6 +221,12 @@ def get_impl(method: str, name: str | None = None) -> Impl:
                        f"Allowed: {', '.join(options)} (default {default_impl(method)}). See 'memplan methods'.")
 
 
+def carried(method: str, impl: str | None) -> str | None:
+    """`impl` when `method` has it (switching galore -> galore8bit keeps galore-torch), else None
+    (the new method's default): for callers that swap the method of a configuration."""
+    return impl if impl is not None and impl in impls_of(method) else None
+
+
 def knobs(impl: Impl, momentum: float | None, beta1) -> Knobs:
     """The options in effect: the given ones, else the implementation's defaults."""
     mom = impl.defaults.momentum if momentum is None else float(momentum)

@@ -43,16 +43,45 @@ _FULL = [
 # the CI subset: a 2-block model of llama-60m's widths, every method and combination, fake
 _CI = [("llama-60m", "fake", "bf16", 1, 32, ALL_METHODS, ON_OFF)]
 
+# (method, impl) pairs run with the real libraries on transformers' LlamaForCausalLM
+# (memplan/measure/libs.py): real CPU steps on llama-60m, and llama-1b under FakeTensorMode in
+# bf16 at 1 x 512 (the CUDA points of benchmarks/cuda_check.py). galore-torch's 8-bit optimizer
+# cannot run under fake tensors (bitsandbytes reads a tensor norm as a float) and bitsandbytes'
+# CPU kernel is not its CUDA kernel, so each runs where it means something.
+LIBRARY_PAIRS = ("adamw:torch-foreach", "adamw:torch-fused", "adamw:torch-forloop", "sgd:torch",
+                 "sgd:torch@momentum=0.9", "adafactor:transformers", "adafactor:transformers@beta1=0.9",
+                 "galore:galore-torch", "lora:peft")
+_IMPLS = [
+    ("llama-60m", "cpu", "fp32", 1, 64, LIBRARY_PAIRS + ("galore8bit:galore-torch",), ((False, False),)),
+    ("llama-60m", "cpu", "fp32", 1, 64, ("adamw:torch-foreach", "galore:galore-torch", "galore8bit:galore-torch"),
+     ((True, False),)),
+    ("llama-1b", "fake", "bf16", 1, 512, LIBRARY_PAIRS + ("adam8bit:bitsandbytes",), ((False, False),)),
+]
+
+
+def _pair(spec: str) -> dict:
+    """'method', 'method:impl' or 'method:impl@knob=value' as ValidateConfig fields."""
+    method, _, rest = spec.partition(":")
+    out = {"method": method}
+    if rest:
+        impl, _, knob = rest.partition("@")
+        out.update(impl=impl, implementation="hf")
+        if knob:
+            key, _, value = knob.partition("=")
+            out[key] = "none" if value == "none" else float(value)
+    return out
+
 
 def grid(name: str, methods=None) -> list[ValidateConfig]:
-    rows = {"small": _SMALL, "full": _FULL, "ci": _CI}.get(name)
+    rows = {"small": _SMALL + _IMPLS, "full": _FULL + _IMPLS, "ci": _CI, "impls": _IMPLS}.get(name)
     if rows is None:
-        raise ValueError(f"Unknown grid {name!r}; expected 'small' or 'full'")
+        raise ValueError(f"Unknown grid {name!r}; expected 'small', 'full', 'impls' or 'ci'")
     out = []
     for model, device, prec, b, s, ms, combos in rows:
         for method, (lw, ckpt) in itertools.product(methods or ms, combos):
-            out.append(ValidateConfig(model=model, method=method, rank=RANKS[model], precision=prec, batch_size=b,
-                                      seq_len=s, layerwise=lw, checkpointing=ckpt, device=device))
+            out.append(ValidateConfig(**{"model": model, "rank": RANKS[model], "precision": prec, "batch_size": b,
+                                         "seq_len": s, "layerwise": lw, "checkpointing": ckpt, "device": device,
+                                         **_pair(method)}))
     return out
 
 
@@ -80,27 +109,50 @@ def _cfg_dict(cfg):
     return d
 
 
-def summarize(results) -> list[dict]:
-    """Per method: worst and median error per category and of the peak, and pass counts.
+def impl_label(cfg: dict) -> str:
+    """The implementation a grid point measured: its `impl`, else the bundled build."""
+    from memplan.measure.validate import BUNDLED_AS
+    impl = cfg.get("impl") or BUNDLED_AS.get(cfg["method"], "bundled")
+    knobs = [f"{k} {cfg[k]}" for k in ("momentum", "beta1") if cfg.get(k) is not None]
+    return impl + (f" ({', '.join(knobs)})" if knobs else "")
 
-    The exact categories are in bytes (|estimate - measured|). Activations and
-    temporaries are given as a share of the measured peak (a relative error of a
-    category that holds a few bytes at the peak says nothing), the peak relative
-    to itself.
+
+def family_of(cfg: dict) -> str:
+    """The model family of a grid point (its profile's `family`; hf/bundled model class noted)."""
+    from memplan.profiles import load_model
+    try:
+        fam = load_model(cfg["model"]).family
+    except Exception:  # a profile passed as an object or no longer present: group by its name
+        fam = str(cfg["model"])
+    return f"{fam} ({cfg.get('implementation', 'bundled')} model)"
+
+
+def summarize(results, by: str = "impl") -> list[dict]:
+    """Worst and median error per category and of the peak, and pass counts, per group.
+
+    ``by="impl"``: per (method, implementation); ``by="family"``: per model family. The exact
+    categories are in bytes (|estimate - measured|). Activations and transients (gradients and
+    temporaries alive at the peak, see ``validate.peak_shares``) are a share of the measured
+    peak (a relative error of a category that holds a few bytes at the peak says nothing), the
+    peak relative to itself.
     """
-    rows = []
-    by_method: dict[str, list] = {}
+    from memplan.measure.validate import peak_shares
+    groups: dict[tuple, list] = {}
     for r in results:
-        by_method.setdefault(r["config"]["method"], []).append(r)
-    for method, rs in by_method.items():
+        c = r["config"]
+        key = (c["method"], impl_label(c)) if by == "impl" else (family_of(c),)
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for key, rs in groups.items():
         ok = [r for r in rs if r["error"]]
-        row = {"method": method, "points": len(rs), "passed": sum(r["passed"] for r in rs)}
-        for c in (*EXACT, "activations", "temporaries"):
-            if c in EXACT:
-                errs = [abs(r["error"]["categories"][c]["bytes"]) for r in ok]
-            else:
-                errs = [abs(r["error"]["categories"][c]["bytes"]) / max(1, r["measured"]["peak_bytes"]) for r in ok]
-            row[c] = (max(errs), _median(errs, c in EXACT)) if errs else (None, None)
+        row = ({"method": key[0], "impl": key[1]} if by == "impl" else {"family": key[0]})
+        row.update(points=len(rs), passed=sum(r["passed"] for r in rs))
+        for c in EXACT:
+            errs = [abs(r["error"]["categories"][c]["bytes"]) for r in ok]
+            row[c] = (max(errs), _median(errs, True)) if errs else (None, None)
+        for c in ("activations", "transients"):
+            errs = [abs((r["error"].get("shares") or peak_shares(r["estimate"], r["measured"]))[c]) for r in ok]
+            row[c] = (max(errs), _median(errs, False)) if errs else (None, None)
         peaks = [abs(r["error"]["peak"]["relative"]) for r in ok]
         row["peak"] = (max(peaks), _median(peaks, False)) if peaks else (None, None)
         row["phase_match"] = sum(r["error"]["peak_phase_match"] for r in ok)

@@ -22,7 +22,8 @@ from memplan.measure.tracker import CATEGORIES, PHASES
 __all__ = ["ValidateConfig", "Validation", "measure_config", "validate", "EXACT", "PEAK_TOLERANCE"]
 
 EXACT = ("parameters", "gradients", "optimizer_states", "projectors")  # must match to the byte
-PEAK_TOLERANCE = 0.03  # |measured - estimated| / measured for the peak allocated bytes
+PEAK_TOLERANCE = 0.01  # |measured - estimated| / measured for the peak allocated bytes
+SHARE_TOLERANCE = 0.01  # activations and transients at the peak: |estimated - measured| / measured peak
 PHASE_TIE = 0.001  # phases within 0.1% of the measured peak count as "the peak phase"
 DEVICES = ("cpu", "fake", "cuda")
 UPDATE_GAP = 2
@@ -286,6 +287,25 @@ def _rel(measured: int, estimated: int) -> float:
     return (estimated - measured) / measured
 
 
+def peak_shares(estimate: dict, measured: dict) -> dict:
+    """Activations and transients at each side's peak, error as a share of the measured peak.
+
+    Transients are the gradients and temporaries alive at the peak together: during backward
+    the gradient being produced is a temporary until autograd assigns it to `.grad`, and a
+    state tensor a step creates is one until the step returns, so the split between them at
+    one moment is the tracker's, not the memory's (gradients alone are checked exactly, as
+    the most alive at once).
+    """
+    ep, mp = estimate["phases"][estimate["peak_phase"]], measured["phases"][measured["peak_phase"]]
+    top = max(1, measured["peak_bytes"])
+    trans_e = ep["gradients"] + ep["temporaries"] + ep["optimizer_states"] + ep["projectors"]
+    trans_m = mp["gradients"] + mp["temporaries"] + mp["optimizer_states"] + mp["projectors"]
+    states_e = estimate["categories"]["optimizer_states"] + estimate["categories"]["projectors"]
+    states_m = measured["categories"]["optimizer_states"] + measured["categories"]["projectors"]
+    return {"activations": (ep["activations"] - mp["activations"]) / top,
+            "transients": ((trans_e - states_e) - (trans_m - states_m)) / top}
+
+
 def compare(estimate: dict, measured: dict) -> tuple[dict, list[str]]:
     """Error of each category, of each phase's total and of the peak (estimate - measured)."""
     cats = {}
@@ -305,6 +325,10 @@ def compare(estimate: dict, measured: dict) -> tuple[dict, list[str]]:
     failures = [f"{c}: estimate - measured = {cats[c]['bytes']} bytes" for c in EXACT if cats[c]["bytes"] != 0]
     if abs(err["peak"]["relative"]) > PEAK_TOLERANCE:
         failures.append(f"peak: {err['peak']['relative']:+.2%} (limit {PEAK_TOLERANCE:.0%})")
+    err["shares"] = shares = peak_shares(estimate, measured)
+    for name, share in shares.items():
+        if abs(share) > SHARE_TOLERANCE:
+            failures.append(f"{name}: {share:+.2%} of the measured peak (limit {SHARE_TOLERANCE:.0%})")
     if not phase_ok:
         failures.append(f"peak phase: estimate {estimate['peak_phase']}, measured {measured['peak_phase']}")
     return err, failures
