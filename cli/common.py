@@ -99,6 +99,16 @@ def memory_options(f):
         click.option("--weights", type=click.Choice(["bf16", "int8", "nf4"]), default=None,
                      help="Block linears as bf16 (unquantized), int8 (Q-GaLore / Q-APOLLO: groups of 256) or "
                           "nf4 (QLoRA: bitsandbytes, double quantization). Default: the method's own."),
+        click.option("--offload", type=click.Choice(["none", "optimizer", "optimizer+gradients"]), default="none",
+                     show_default=True, help="Optimizer state (and gradients) in host memory, stepped on the CPU "
+                                             "(torchao CPUOffloadOptimizer); the host figure is reported."),
+        click.option("--loss", type=click.Choice(["standard", "fused-chunked"]), default="standard",
+                     show_default=True, help="fused-chunked: head + cross-entropy fused in chunks, no full logits "
+                                             "(Liger's fused linear cross-entropy)."),
+        click.option("--loss-chunk", type=int, default=None,
+                     help="Tokens per chunk of --loss fused-chunked (default: Liger's for the shape)."),
+        click.option("--host-ram", type=float, default=None,
+                     help="GiB of host RAM: also check that an --offload run's host memory fits."),
     ]):
         f = opt(f)
     return f
@@ -117,12 +127,25 @@ def estimate_options(f):
 
 
 CONFIG_KEYS = ("rank", "update_gap", "target_modules", "precision", "batch_size", "seq_len", "layerwise",
-               "checkpointing", "train_non_target", "impl", "momentum", "beta1", "weights")
+               "checkpointing", "train_non_target", "impl", "momentum", "beta1", "weights", "offload", "loss",
+               "loss_chunk")
 
 
 def config_kwargs(opts: dict) -> dict:
     """The TrainingConfig fields among the parsed options."""
     return {k: opts[k] for k in CONFIG_KEYS if k in opts}
+
+
+def host_ram_bytes(opts: dict) -> int | None:
+    """--host-ram in bytes (None: not given)."""
+    from memplan.units import GiB
+
+    v = opts.get("host_ram")
+    if v is None:
+        return None
+    if not v > 0:
+        raise MemplanError(f"--host-ram must be a positive number of GiB, got {v}.")
+    return int(v * GiB)
 
 
 def run_estimate(opts: dict):

@@ -18,7 +18,7 @@ import sys
 import click
 
 from memplan import __version__
-from memplan.cli.common import CONTEXT_SETTINGS, estimate_options, handle_errors, run_estimate
+from memplan.cli.common import CONTEXT_SETTINGS, estimate_options, handle_errors, host_ram_bytes, run_estimate
 
 
 class Group(click.Group):
@@ -69,12 +69,17 @@ def estimate(as_json, **opts):
       memplan estimate --model ./my-model/config.json --method galore8bit --layerwise --json
     """
     est = run_estimate(opts)
+    host_ram = host_ram_bytes(opts)
     if as_json:
-        click.echo(json.dumps(est.to_dict(), indent=2))
+        d = est.to_dict()
+        if host_ram is not None:
+            d["host_fit"] = {"host_required_bytes": est.host_bytes, "host_capacity_bytes": host_ram,
+                             "host_fits": est.host_bytes <= host_ram}
+        click.echo(json.dumps(d, indent=2))
     else:
         from memplan.cli.tables import estimate_table
 
-        click.echo(estimate_table(est))
+        click.echo(estimate_table(est, host_ram))
 
 
 @cli.command()

@@ -28,6 +28,10 @@ def describe_config(est: Estimate) -> str:
 
     if weight_format(c) != "bf16":
         parts.insert(parts.index(c.precision) + 1, f"{weight_format(c)} weights")
+    if c.offload != "none":
+        parts.append(f"offload {c.offload}")
+    if c.loss != "standard":
+        parts.append(f"{c.loss} loss" + (f" (chunk {c.loss_chunk})" if c.loss_chunk else ""))
     if c.layerwise:
         parts.append("per-layer update")
     if c.checkpointing:
@@ -46,7 +50,7 @@ def _impl_part(est: Estimate) -> str:
     return text
 
 
-def estimate_table(est: Estimate) -> str:
+def estimate_table(est: Estimate, host_ram: int | None = None) -> str:
     peak = est.peak_phase
     headers = ["GiB"] + [p + (" *" if p == peak else "") for p in PHASES]
     rows = []
@@ -58,10 +62,21 @@ def estimate_table(est: Estimate) -> str:
     lines.append(f"Peak allocated: {g(est.peak_bytes)} GiB in the {peak} phase (* above)")
     lines.append(f"Device total:   {g(est.device_total_bytes)} GiB "
                  f"(+ {g(est.overhead)} GiB overhead: CUDA context and allocator fragmentation)")
+    if est.host_bytes:
+        lines.append(f"Host memory:    {g(est.host_bytes)} GiB (pinned weight and gradient copies "
+                     f"{g(est.host_pinned_bytes)} GiB + optimizer state; --offload {est.config.offload})")
+    if host_ram is not None:
+        ok = est.host_bytes <= host_ram
+        lines.append(f"Host RAM:       {'fits' if ok else 'DOES NOT FIT'} in {g(host_ram)} GiB (--host-ram); "
+                     + (f"headroom {g(host_ram - est.host_bytes)} GiB" if ok else
+                        f"short by {g(est.host_bytes - host_ram)} GiB"))
     if est.gpu is not None:
-        fit = est.fit()
+        fit = est.fit(host_ram=host_ram)
         cap = f"{fit.gpu.name}, {g(fit.capacity_bytes)} GiB usable"
-        if fit.fits:
+        if fit.headroom_bytes >= 0 and not fit.host_fits:
+            lines.append(f"Verdict:        DOES NOT FIT: the GPU has {g(fit.headroom_bytes)} GiB headroom ({cap}) "
+                         "but the host RAM is short (above)")
+        elif fit.fits:
             lines.append(f"Verdict:        FITS on {cap}; headroom {g(fit.headroom_bytes)} GiB")
         else:
             lines.append(f"Verdict:        DOES NOT FIT on {cap}; short by {g(-fit.headroom_bytes)} GiB")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 from memplan import limits
+from memplan import offload
 from memplan.activations import activations
 from memplan.errors import MemplanError
 from memplan.inventory import _inventory, resolve_targets, shape_groups
@@ -67,6 +68,9 @@ class TrainingConfig:
     momentum: float | None = None  # SGD momentum (0: no buffer); None: the implementation's default
     beta1: float | str | None = None  # Adafactor first moment: a float, "none" (no first moment), None: default
     weights: str | None = None  # block linears stored as bf16 (unquantized) | int8 | nf4; None: the method's default
+    offload: str = "none"  # none | optimizer | optimizer+gradients: torchao's CPUOffloadOptimizer (memplan/offload.py)
+    loss: str = "standard"  # standard | fused-chunked: Liger's fused linear cross-entropy (memplan/loss.py)
+    loss_chunk: int | None = None  # fused-chunked: tokens per chunk (None: Liger's default for the shape)
 
     def __post_init__(self):
         check_config(self)
@@ -140,10 +144,26 @@ def _check_weights(c: TrainingConfig, method: Method) -> None:
                            "apollo/apollo-mini (int8).")
 
 
+def _check_offload_and_loss(c: TrainingConfig, method: Method) -> None:
+    from memplan import offload
+    from memplan.loss import LOSSES
+
+    offload.check(c.offload, method.name)
+    if c.loss not in LOSSES:
+        from memplan.errors import unknown
+
+        raise unknown("loss", str(c.loss), LOSSES, "memplan estimate --help")
+    if c.loss_chunk is not None:
+        _positive("Loss chunk", c.loss_chunk, "--loss-chunk", limits.SEQ)
+        if c.loss != "fused-chunked":
+            raise MemplanError("--loss-chunk sets the chunk of --loss fused-chunked: add --loss fused-chunked.")
+
+
 def _check_impl_options(c: TrainingConfig, method: Method) -> None:
     from memplan.impls import NO_BETA1, get_impl
 
     _check_weights(c, method)
+    _check_offload_and_loss(c, method)
     get_impl(method.name, impl_name(c))
     m = c.momentum
     if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1):
@@ -226,11 +246,21 @@ class Fit:
     required_bytes: int  # the device total of the estimate
     capacity_bytes: int  # what CUDA can allocate on this GPU
     headroom_bytes: int  # capacity - required; negative: the shortfall
+    host_required_bytes: int = 0  # host memory the run needs (--offload)
+    host_capacity_bytes: int | None = None  # the host RAM given (--host-ram); None: not checked
+
+    @property
+    def host_fits(self) -> bool:
+        return self.host_capacity_bytes is None or self.host_required_bytes <= self.host_capacity_bytes
 
     def to_dict(self) -> dict:
-        return {"gpu": self.gpu.id, "gpu_name": self.gpu.name, "fits": self.fits,
-                "required_bytes": self.required_bytes, "capacity_bytes": self.capacity_bytes,
-                "headroom_bytes": self.headroom_bytes}
+        out = {"gpu": self.gpu.id, "gpu_name": self.gpu.name, "fits": self.fits,
+               "required_bytes": self.required_bytes, "capacity_bytes": self.capacity_bytes,
+               "headroom_bytes": self.headroom_bytes}
+        if self.host_required_bytes or self.host_capacity_bytes is not None:
+            out.update(host_required_bytes=self.host_required_bytes, host_capacity_bytes=self.host_capacity_bytes,
+                       host_fits=self.host_fits)
+        return out
 
 
 def capacity_bytes(gpu: GPUProfile) -> int:
@@ -248,6 +278,8 @@ class Estimate:
     trainable_count: int
     gpu: GPUProfile | None = None
     sharded_step_temp: bool = False  # the step's transients span all states (foreach): ZeRO shards them too
+    host_bytes: int = 0  # host memory of an offloaded run (--offload): pinned copies + optimizer state
+    host_pinned_bytes: int = 0  # of which pinned (page-locked) weight and gradient copies
 
     @property
     def impl(self):
@@ -281,13 +313,15 @@ class Estimate:
     def breakdown(self) -> dict[str, int]:
         return {**self.phases[self.peak_phase], "overhead": self.overhead}
 
-    def fit(self, gpu: "str | GPUProfile | None" = None, gpu_file=None) -> Fit:
+    def fit(self, gpu: "str | GPUProfile | None" = None, gpu_file=None, host_ram: int | None = None) -> Fit:
+        """The fit on `gpu`; `host_ram` (bytes): also check the host memory an offloaded run needs."""
         g = load_gpu(gpu, gpu_file) if gpu is not None else self.gpu
         if g is None:
             raise MemplanError("No GPU given: pass a GPU id such as 'rtx-4090' (see 'memplan gpus').")
         cap = capacity_bytes(g)
         need = self.device_total_bytes
-        return Fit(g, need <= cap, need, cap, cap - need)
+        host_ok = host_ram is None or self.host_bytes <= host_ram
+        return Fit(g, need <= cap and host_ok, need, cap, cap - need, self.host_bytes, host_ram)
 
     def to_dict(self) -> dict:
         c = self.config
@@ -306,6 +340,8 @@ class Estimate:
             "phases": {p: {**v, "allocated": sum(v.values())} for p, v in self.phases.items()},
             "peak_phase": self.peak_phase,
             "peak_allocated_bytes": self.peak_bytes,
+            "host_bytes": self.host_bytes,
+            "host_pinned_bytes": self.host_pinned_bytes,
             "device_total_bytes": self.device_total_bytes,
             "units": "bytes",
         }
@@ -327,7 +363,7 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     r = c.rank if method.uses_rank else 0
     tensors = _tensors(c.model, targets, method, r, train_other)
 
-    params = grads = states = projs = 0
+    params = grads = states = projs = host = pinned = 0
     n_params = n_trainable = 0
     largest_grad = first_grad = first_step_temp = step_temp = 0
     refresh_temp = None
@@ -354,9 +390,15 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
         st, pj = impl.state(shape, r, s, kn)
         if role == "expert" and method.name == "adafactor":
             st += (E - 1) * col * 4  # Adafactor factors over the last two dims: a column factor per expert
+        largest_grad = max(largest_grad, numel * gb)
+        if offload.offloaded(c.offload, numel):  # state and CPU step on the host (memplan/offload.py)
+            h, pin = offload.host_bytes(numel, pb, gb, st + pj)
+            host, pinned = host + n * h, pinned + n * pin
+            if c.offload == "optimizer+gradients":
+                grads -= n * numel * gb  # dropped from the device once copied: only one in flight
+            continue
         states += n * st
         projs += n * pj
-        largest_grad = max(largest_grad, numel * gb)
         if role == "head" or (role == "embedding" and c.model.tie_word_embeddings and c.model.is_decoder):
             first_grad = max(first_grad, numel * gb)
             first_step_temp = max(first_step_temp, impl.step_temp(shape, r, s, kn))
@@ -367,7 +409,7 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     if impl.refresh_temp is not None:  # one projected (or, for ReLoRA, adapted) weight at a time
         refresh_temp = max(impl.refresh_temp(shape, r, prec.grad, kn) for shape, _, _ in _groups(c.model, targets)
                            if shape.projected)
-    if (impl.sequence_temp or impl.sequence_refresh) and not c.layerwise:
+    if (impl.sequence_temp or impl.sequence_refresh) and not c.layerwise and c.offload == "none":
         order = _step_order(c.model, targets, method, r, train_other, impl.regular_first)
         seq_step, seq_refresh = _sequence_temps(impl, order, r, prec.grad, kn)
         if impl.sequence_temp:
@@ -379,13 +421,22 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
 
     adapted = _adapted_per_block(c.model, targets) if method.adapter else 0
     acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapted)
+    if c.loss == "fused-chunked":
+        from memplan.loss import fused_chunked
+
+        head = c.model.vocab_size * c.model.hidden_size * prec.param if (train_other or not method.adapter) else 0
+        acts = fused_chunked(acts, c.batch_size * c.seq_len, c.model.hidden_size, c.model.vocab_size, prec.compute,
+                             head, c.loss_chunk, frozen_outside=bool(method.adapter) and not train_other)
+    # offloaded gradients leave the device one at a time, as with the per-layer update
+    per_tensor_grads = c.layerwise or c.offload == "optimizer+gradients"
     terms = StepTerms(params, grads, first_grad, first_step_temp, largest_grad, states, projs, step_temp, refresh_temp,
-                      c.layerwise, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other)
+                      per_tensor_grads, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other)
     phases = compose(terms, acts)
     peak = max(sum(p.values()) for p in phases.values())
     overhead = CUDA_CONTEXT_BYTES + int(peak * FRAGMENTATION)
     return Estimate(c, phases, overhead, n_params, n_trainable, gpu,
-                    sharded_step_temp=impl.shards_with_states and not c.layerwise)
+                    sharded_step_temp=impl.shards_with_states and not c.layerwise, host_bytes=host,
+                    host_pinned_bytes=pinned)
 
 
 def make_config(model, method: str | None = None, **options) -> TrainingConfig:

@@ -27,7 +27,7 @@ import contextlib
 import torch
 
 LIBRARY_IMPLS = {"torch-foreach", "torch-fused", "torch-forloop", "torch", "transformers", "bitsandbytes",
-                 "galore-torch", "peft"}
+                 "galore-torch", "peft", "apollo-torch", "fira", "q-galore-torch-bf16"}  # last 3: libs_recent.py
 
 
 def uses_library(impl: str) -> bool:
@@ -111,6 +111,10 @@ def build_library_optimizer(model, impl: str, method: str, *, rank: int, update_
                             target_modules=None, momentum: float | None = None, beta1="default"):
     """The real library's optimizer for `impl` (see the module doc), wrapped per layer if asked."""
     from memplan.optim.layerwise import LayerwiseOptimizer
+    from memplan.measure import libs_recent
+    if impl in libs_recent.RECENT_IMPLS:
+        return libs_recent.model_optimizer(model, impl, method, rank=rank, update_gap=update_gap,
+                                           target_modules=target_modules, layerwise=layerwise)
     if impl in ("torch-foreach", "torch-fused", "torch-forloop", "peft"):
         flag = {"torch-foreach": {"foreach": True}, "torch-fused": {"fused": True},
                 "torch-forloop": {"foreach": False}, "peft": {"foreach": True}}[impl]

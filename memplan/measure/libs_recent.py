@@ -94,8 +94,9 @@ def _apollo_group(mini: bool, rank: int, gap: int) -> dict:
             "scale": 128 if mini else 1, "update_proj_gap": gap, "proj_type": "std"}
 
 
-def build(method: str, impl: str, params, rank: int, gap: int = 200, projected: bool = True):
-    """The library optimizer of `method` / `impl` over `params` (projected: in the low-rank group)."""
+def build(method: str, impl: str, params, rank: int, gap: int = 200, projected: bool = True, regular=()):
+    """The library optimizer of `method` / `impl` over `params` (projected: in the low-rank group);
+    `regular`: parameters without projection, in a first group, as the authors' scripts list them."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -123,7 +124,8 @@ def build(method: str, impl: str, params, rank: int, gap: int = 200, projected: 
     else:
         raise ValueError(f"no library for {method!r}")
     group = {"params": params, **lowrank} if projected else {"params": params}
-    return cls([group], **kw)
+    regular = list(regular)
+    return cls(([{"params": regular}] if regular else []) + [group], **kw)
 
 
 def int8_weight(full: torch.Tensor, stochastic_round: bool = False) -> torch.nn.Parameter:
@@ -170,3 +172,31 @@ def step_bytes(opt, weight: torch.nn.Parameter, make_grad, steps: int = 3) -> li
                 weight.grad = None
             out.append((state_bytes(opt), tr.peaks["optimizer_step"]["total"] - base))
     return out
+
+
+RECENT_IMPLS = {"apollo-torch", "fira", "q-galore-torch-bf16"}  # run on a whole model (bf16 / fp32 weights)
+
+
+def model_optimizer(model, impl: str, method: str, *, rank: int, update_gap: int, target_modules=None,
+                    layerwise: bool = False):
+    """The library optimizer over a whole model, grouped as the authors' scripts group it: the
+    non-projected parameters first, then the target linears' weights with the low-rank settings."""
+    from memplan.optim.groups import split_parameters
+
+    if layerwise:
+        raise ValueError(f"{impl}: the per-layer update is not measured for this library here")
+    projected, other = split_parameters(model, target_modules)
+    opt = build(method, impl, [p for _, p in projected], rank, gap=update_gap, regular=[p for _, p in other])
+    return _synced(opt)
+
+
+def _synced(opt):
+    """Steps with torch.cuda.synchronize() a no-op when there is no CUDA (q-galore calls it)."""
+    step = opt.step
+
+    def run(*a, **k):
+        with no_cuda_sync():
+            return step(*a, **k)
+
+    opt.step = run
+    return opt
