@@ -162,10 +162,19 @@ def _gpt2(p: ModelProfile, t):
 _BUILDERS = {"llama": _llama, "bert": _bert, "opt": _opt, "gpt2": _gpt2}
 
 
+def default_targets(profile: ModelProfile) -> tuple[str, ...]:
+    """The family's default target modules; a mixture of experts keeps attention only (its experts are
+    3-D parameters, not linears, and its router is not projected)."""
+    targets = DEFAULT_TARGET_MODULES[profile.family]
+    if profile.num_local_experts:
+        targets = tuple(t for t in targets if t not in ("gate_proj", "up_proj", "down_proj"))
+    return targets
+
+
 def resolve_targets(profile: ModelProfile, target_modules=None) -> tuple[str, ...]:
-    """The target modules as a tuple: the family default, or the user's list (each one checked)."""
+    """The target modules as a tuple: the model's default, or the user's list (each one checked)."""
     if target_modules is None:
-        return DEFAULT_TARGET_MODULES[profile.family]
+        return default_targets(profile)
     if isinstance(target_modules, str):
         target_modules = target_modules.split(",")
     if not all(isinstance(s, str) for s in target_modules):
@@ -181,7 +190,7 @@ def _check_targets(profile: ModelProfile, targets: tuple[str, ...]) -> tuple[str
     """Every target must match a projectable (2-D attention or MLP) weight: a typo is an error, not a no-op."""
     modules = [s.name[: -len(".weight")] for s, _ in shape_groups(profile, ())
                if len(s.shape) == 2 and s.name.endswith(".weight") and s.role in ("attention", "mlp")]
-    defaults = ",".join(DEFAULT_TARGET_MODULES[profile.family])
+    defaults = ",".join(default_targets(profile))
     for t in targets:
         if not any(is_target(m, (t,)) for m in modules):
             leaves = {m.rsplit(".", 1)[-1] for m in modules}

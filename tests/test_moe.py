@@ -162,3 +162,23 @@ def test_moe_refusals_name_the_reason():
     p = tiny_moe()
     with pytest.raises(memplan.MemplanError, match="only --precision bf16"):
         memplan.estimate(p, "adamw", precision="mixed")
+
+
+@pytest.mark.parametrize("args", [
+    ["estimate", "--model", "mixtral-8x7b", "--method", "galore8bit", "--layerwise", "--gpu", "h200"],
+    ["fit", "--model", "mixtral-8x7b", "--gpu", "h200", "--methods", "adamw,galore8bit,lora"],
+    ["compare", "--model", "mixtral-8x7b", "--gpu", "h200"],
+    ["plan", "--model", "mixtral-8x7b", "--method", "galore8bit", "--top", "3"],
+    ["sweep", "--model", "mixtral-8x7b", "--method", "galore", "--ranks", "64,128"],
+    ["advise", "--model", "mixtral-8x7b", "--gpu", "h200"],
+])
+def test_every_command_takes_a_moe_model(args):
+    """Default target modules of a MoE model are its attention linears: every command runs on it."""
+    from click.testing import CliRunner
+
+    from memplan.cli.main import cli
+
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code in (0, 3) and "Error" not in res.output, res.output[-500:]
+    assert memplan.estimate("mixtral-8x7b", "lora").to_dict()["config"]["target_modules"] == \
+        ["q_proj", "k_proj", "v_proj", "o_proj"]
