@@ -22,7 +22,8 @@ def dashboard_path() -> Path:
 
 
 def streamlit_command(port: int, address: str, headless: bool) -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", str(dashboard_path()),
+    # memplan.app.serve: Streamlit's own command line, with the pages' libraries loaded at start
+    return [sys.executable, "-m", "memplan.app.serve", "run", str(dashboard_path()),
             "--server.port", str(port), "--server.address", address,
             "--server.headless", "true" if headless else "false", "--browser.gatherUsageStats", "false",
             "--client.showErrorDetails", "none", "--client.toolbarMode", "viewer"]

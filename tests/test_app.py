@@ -411,7 +411,7 @@ def test_memplan_app_help_and_missing_extra(monkeypatch):
     assert result.exit_code == 0 and "streamlit run app/dashboard.py" in result.output
     assert app_cmd.dashboard_path().is_file()
     cmd = app_cmd.streamlit_command(8600, "localhost", True)
-    assert cmd[1:4] == ["-m", "streamlit", "run"] and "8600" in cmd
+    assert cmd[1:4] == ["-m", "memplan.app.serve", "run"] and "8600" in cmd
     monkeypatch.setattr(app_cmd.importlib.util, "find_spec", lambda name: None)
     result = CliRunner().invoke(cli, ["app"])
     assert result.exit_code == 2 and app_cmd.NEEDS_EXTRA in result.output

@@ -40,6 +40,8 @@ CATEGORIES = ("parameters", "gradients", "optimizer_states", "projectors",
               "activations", "temporaries", "overhead")
 PHASES = ("forward", "backward", "optimizer_step", "refresh_step")
 
+_PRIM_DEVICE = torch.ops.prim.device.default
+
 # optimizer-state keys (or attribute names of a state object) that hold projectors
 PROJECTOR_KEYS = frozenset({"projector", "P", "Q", "proj", "ortho_matrix", "projection"})
 
@@ -205,10 +207,19 @@ class MemoryTracker(TorchDispatchMode):
 
     # -- TorchDispatchMode ---------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is _PRIM_DEVICE:  # a device query: no storage. Under FakeTensorMode the autograd engine
+            # asks it of every gradient, half of all dispatches; answer as FakeTensor does, without a
+            # second trip through the mode stack
+            mode = getattr(args[0], "fake_mode", None)
+            if mode is not None and not mode.in_kernel_invocation:
+                return args[0].fake_device
         out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.track(t, "temporaries", reclassify=False)
+        if isinstance(out, torch.Tensor):  # most ops: one tensor, no tree to flatten
+            self.track(out, "temporaries", reclassify=False)
+        else:
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self.track(t, "temporaries", reclassify=False)
         return out
 
     def _pack(self, t):

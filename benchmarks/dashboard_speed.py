@@ -1,0 +1,110 @@
+"""Server time of the dashboard's pages, cold and warm, beside a bare Streamlit page.
+
+Each page runs in a fresh Python process that has imported Streamlit and its AppTest
+(what a started server has loaded) and nothing of memplan, pandas or plotly: the first
+run of the page is what the first visitor waits for on a just-started server (cold);
+the run after it, with the same inputs, is what a visitor waits for later (warm; the
+library's results are in Streamlit's cache by then). The bare page (a title and a line
+of text) is the floor: the script-run machinery of Streamlit itself. Each page is also
+timed as it runs on a server started by `memplan app` (memplan.app.serve: the pages'
+libraries are loaded while the server starts, before any visitor): "(memplan app)".
+Times are the median over --runs processes; the target is a first run under 0.3 s for
+every page. Wall times on a loaded machine stretch; the CPU seconds (all threads of the
+process) are given beside them.
+
+    python benchmarks/dashboard_speed.py [--runs 5]
+
+Prints a table and writes benchmarks/results/dashboard_speed.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "dashboard_speed.json"
+DASHBOARD = ROOT / "app" / "dashboard.py"
+PAGES = ["pages_estimate.py", "pages_compare.py", "pages_sweep.py", "pages_hardware.py", "pages_validation.py"]
+TARGET_S = 0.3
+BARE = 'import streamlit as st\n\nst.title("bare page")\nst.write("hello")\n'
+
+CHILD = r"""
+import json, sys, time
+from streamlit.testing.v1 import AppTest
+script, page, warm_start = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+if warm_start:  # what `memplan app`'s server does at start (memplan.app.serve), before any visitor
+    from memplan.app.serve import preload
+    preload()
+app = AppTest.from_file(script, default_timeout=120)
+if page != "-":
+    app.switch_page(page)
+c0 = time.process_time(); t0 = time.perf_counter(); app.run()
+cold, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
+assert not app.exception, [e.value for e in app.exception]
+t0 = time.perf_counter(); app.run(); warm = time.perf_counter() - t0
+mods = sorted(m for m in ("pandas", "plotly", "plotly.graph_objects", "pyarrow", "memplan.estimator")
+              if m in sys.modules)
+print(json.dumps({"cold_s": cold, "cold_cpu_s": cold_cpu, "warm_s": warm, "modules": mods,
+                  "elements": len(app.main.children) if hasattr(app.main, "children") else None}))
+"""
+
+
+def run_child(script: Path, page: str, warm_start: bool) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", CHILD, str(script), page, "1" if warm_start else "0"],
+                       capture_output=True, text=True, cwd=ROOT, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"{script} {page} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5, help="fresh processes per page")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        bare = Path(d) / "bare.py"
+        bare.write_text(BARE)
+        targets = [("bare page", bare, "-", False)] + [(p, DASHBOARD, p, False) for p in PAGES] \
+            + [(f"{p} (memplan app)", DASHBOARD, p, True) for p in PAGES]
+        samples: dict[str, list[dict]] = {name: [] for name, *_ in targets}
+        for _ in range(args.runs):  # interleaved: load on a shared machine hits every page alike
+            for name, script, page, warm_start in targets:
+                samples[name].append(run_child(script, page, warm_start))
+    rows = {}
+    for name, s in samples.items():
+        cold = [x["cold_s"] for x in s]
+        warm = [x["warm_s"] for x in s]
+        rows[name] = {"cold_median_s": statistics.median(cold), "cold_min_s": min(cold), "cold_max_s": max(cold),
+                      "cold_cpu_median_s": statistics.median(x["cold_cpu_s"] for x in s),
+                      "warm_median_s": statistics.median(warm), "modules_after_first_run": s[0]["modules"]}
+    bare_cold = rows["bare page"]["cold_median_s"]
+    for name, r in rows.items():
+        r["cold_over_bare_s"] = r["cold_median_s"] - bare_cold
+    cold_ok = all(rows[p]["cold_median_s"] < TARGET_S for p in PAGES)
+    served_ok = all(rows[f"{p} (memplan app)"]["cold_median_s"] < TARGET_S for p in PAGES)
+    result = {"runs": args.runs, "target_cold_s": TARGET_S, "pages": rows,
+              "pass_fresh_process": cold_ok, "pass_memplan_app_server": served_ok,
+              "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                          "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0]}}
+    print(f"{'page':<36}{'cold median s':>14}{'min':>8}{'max':>8}{'cpu s':>8}{'warm s':>9}   imported by the first run")
+    for name, r in rows.items():
+        print(f"{name:<36}{r['cold_median_s']:>14.3f}{r['cold_min_s']:>8.3f}{r['cold_max_s']:>8.3f}"
+              f"{r['cold_cpu_median_s']:>8.3f}"
+              f"{r['warm_median_s']:>9.3f}   {', '.join(r['modules_after_first_run'])}")
+    print(f"every page's first run under {TARGET_S} s: in a fresh process", "yes" if cold_ok else "NO",
+          "| on a started `memplan app` server", "yes" if served_ok else "NO")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
