@@ -35,7 +35,8 @@ def estimate(model: ModelProfile, method: str, gpu: str, opts: dict) -> memplan.
 def compare(model: ModelProfile, methods: tuple[str, ...], gpu: str, opts: dict) -> list[dict]:
     """`memplan.compare`: one row per method, smallest peak first, with the saving against AdamW."""
     rows = []
-    opts = {k: v for k, v in opts.items() if k != "impl"}  # each method with its own default implementation
+    # each method with its own default implementation and weights; offload only where the method allows it
+    opts = {k: v for k, v in opts.items() if k not in ("impl", "weights", "offload")}
     for r in memplan.compare(model, list(methods), gpu=gpu, **opts):
         fit = r.estimate.fit()
         rows.append({"method": r.method, "breakdown": dict(r.estimate.breakdown),

@@ -99,6 +99,11 @@ def render() -> None:
                 delta=f"{100 * fit.headroom_bytes / fit.capacity_bytes:+.0f}% of capacity", delta_color="normal",
                 help="Capacity minus the device total; a shortfall is what is missing.")
 
+    if est.host_bytes:
+        st.info(f"Host memory (offload {run.offload}): {est.host_bytes / GiB:.2f} GiB, of which "
+                f"{est.host_pinned_bytes / GiB:.2f} GiB pinned weight and gradient copies; the rest is optimizer "
+                "state stepped on the CPU (torchao CPUOffloadOptimizer).", icon=":material/memory:")
+
     st.plotly_chart(charts.phase_bars(est.phases, est.overhead, est.peak_phase, fit.capacity_bytes,
                                       f"{g.name.replace('NVIDIA ', '')} capacity"), width="stretch")
 

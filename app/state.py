@@ -41,6 +41,9 @@ class Inputs:
     gpu: str  # GPU profile id
     model_error: str | None = None
     impl: str | None = None  # the implementation of `method` (memplan.impls); None: the method's default
+    weights: str | None = None  # block linears: bf16 | int8 | nf4 (None: the method's default)
+    offload: str = "none"  # none | optimizer | optimizer+gradients (torchao CPUOffloadOptimizer)
+    loss: str = "standard"  # standard | fused-chunked (Liger's fused linear cross-entropy)
 
     def options(self, **changes) -> dict:
         """Keyword arguments for `memplan.estimate` (TrainingConfig fields) of the chosen method."""
@@ -48,6 +51,12 @@ class Inputs:
                     layerwise=self.layerwise, checkpointing=self.checkpointing)
         if self.impl is not None:
             opts["impl"] = self.impl
+        if self.weights is not None:
+            opts["weights"] = self.weights
+        if self.offload != "none":
+            opts["offload"] = self.offload
+        if self.loss != "standard":
+            opts["loss"] = self.loss
         opts.update(changes)
         return opts
 
@@ -174,6 +183,26 @@ def _impl_input(method: str) -> str:
     return pick
 
 
+def _memory_inputs(method: str) -> tuple[str | None, str, str]:
+    """Weight format, offload and loss: the options of a 16-24 GB GPU (QLoRA, Q-GaLore, offload, Liger)."""
+    from memplan.offload import OFFLOADABLE
+
+    m = METHODS[method]
+    with st.expander("Weights, offload, loss", expanded=False):
+        fmt = st.selectbox("Weights", list(m.weights), key=f"in_weights_{method}",
+                           format_func=lambda f: f"{f} (default)" if f == m.weights[0] else f,
+                           help="How the block linears are stored: bf16 (unquantized), int8 (Q-GaLore / Q-APOLLO: "
+                                "groups of 256) or nf4 (QLoRA: bitsandbytes, double quantization).")
+        can_offload = method in OFFLOADABLE
+        offload = st.radio("Offload to the CPU", ["none", "optimizer", "optimizer+gradients"], key="in_offload",
+                           disabled=not can_offload, horizontal=False,
+                           help="torchao's CPUOffloadOptimizer: optimizer state (and gradients) in host memory, "
+                                "stepped on the CPU. Methods: " + ", ".join(OFFLOADABLE) + ".")
+        loss = st.radio("Loss", ["standard", "fused-chunked"], key="in_loss", horizontal=True,
+                        help="fused-chunked: Liger's fused linear cross-entropy, the logits never materialized.")
+    return (None if fmt == m.weights[0] else fmt), (offload if can_offload else "none"), loss
+
+
 _KEPT = "_kept_inputs"  # a plain session key: it survives a run that failed, widget keys may not
 
 
@@ -215,6 +244,7 @@ def sidebar() -> Inputs:
                               help="Update each weight during backward and free its gradient at once.")
         ckpt = st.toggle("Activation checkpointing", key="in_checkpointing",
                          help="Keep only each block's input; recompute the rest in backward.")
+        weights, offload, loss = _memory_inputs(method)
         st.markdown("### GPU")
         gpu = st.selectbox("GPU", list(load_gpus()), format_func=gpu_label, key="in_gpu",
                            label_visibility="collapsed")
@@ -223,7 +253,7 @@ def sidebar() -> Inputs:
             f"{g.memory_mib / 1024:.1f} GiB framebuffer"
         st.caption(f"{g.name}: {usable}" + (f" · ${g.price_per_hour_usd:.2f}/h" if g.price_per_hour_usd else ""))
     chosen = Inputs(model, method, int(rank), precision, int(batch), int(seq), bool(layerwise), bool(ckpt), gpu,
-                    model_error, impl)
+                    model_error, impl, weights, offload, loss)
     st.session_state["_inputs"] = chosen
     st.session_state[_KEPT] = {k: st.session_state[f"in_{k}"] for k in DEFAULTS if f"in_{k}" in st.session_state}
     return chosen

@@ -115,3 +115,15 @@ def test_cli_advise_prints_the_changes_and_json():
 def test_cli_advise_bad_input_is_one_line_error(args):
     r = CliRunner().invoke(cli, ["advise", *args])
     assert r.exit_code == 2 and r.output.startswith("Error: ") and "Traceback" not in r.output
+
+
+def test_offload_and_fused_loss_are_offered_with_the_host_figure():
+    a = _advice(dict(model="llama-7b", method="adamw"))
+    labels = {o.label for o in a.single + a.pairs + a.not_enough}
+    assert any(lab.startswith("--offload optimizer (host ") for lab in labels)
+    best = a.pairs[0]
+    assert {c.key for c in best.changes} == {"checkpointing", "offload"}  # 7B AdamW on a 4090: offload + recompute
+    assert best.run.config.offload == "optimizer+gradients" and best.headroom_bytes > 0
+    assert fits(best.run.config, load_gpu("rtx-4090"))
+    b = _advice(dict(model="llama3-8b", method="galore", rank=128, batch_size=2))
+    assert "--loss fused-chunked" in {o.label for o in b.single + b.not_enough}

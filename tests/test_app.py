@@ -437,3 +437,18 @@ def test_rank_csv_marks_the_largest_rank():
     out = pages_sweep.rank_csv({"galore": [(64, 10), (128, 20)]}, {"galore": (100, 15)})
     assert list(out["rank"]) == [64, 128, 100]
     assert list(out["largest_rank_that_fits"]) == [False, False, True]
+
+
+def test_offload_weights_and_loss_reach_the_estimate(at):
+    set_run(at, model="llama-7b", method="adamw", layerwise=False, checkpointing=True, gpu="rtx-4090")
+    set_run(at, offload="optimizer+gradients", loss="fused-chunked")  # enabled once the method allows it
+    est = memplan.estimate("llama-7b", "adamw", checkpointing=True, offload="optimizer+gradients",
+                           loss="fused-chunked")
+    assert metrics(at)["Peak memory (device total)"] == f"{est.device_total_bytes / GiB:.2f} GiB"
+    assert any(f"{est.host_bytes / GiB:.2f} GiB" in e.value for e in at.info)
+    set_run(at, offload="none", loss="standard")
+    set_run(at, method="qlora")
+    set_run(at, rank=16)  # the rank box is enabled once the method has a rank
+    est = memplan.estimate("llama-7b", "qlora", rank=16, checkpointing=True)
+    assert est.config.weights is None and "nf4" in est.to_dict()["config"]["weights"]
+    assert metrics(at)["Peak memory (device total)"] == f"{est.device_total_bytes / GiB:.2f} GiB"
