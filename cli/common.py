@@ -143,9 +143,9 @@ def host_ram_bytes(opts: dict) -> int | None:
     v = opts.get("host_ram")
     if v is None:
         return None
-    if not v > 0:
-        raise MemplanError(f"--host-ram must be a positive number of GiB, got {v}.")
-    return int(v * GiB)
+    from memplan import limits
+
+    return int(limits.check_float(v, limits.HOST_RAM_GIB, "--host-ram (GiB)", low_open=True) * GiB)
 
 
 def run_estimate(opts: dict):

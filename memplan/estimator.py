@@ -128,7 +128,9 @@ def weight_format(c: TrainingConfig) -> str:
 
 def impl_name(c: TrainingConfig) -> str | None:
     """The implementation asked for; without one, the weight format's own (Q-APOLLO for INT8 APOLLO)."""
-    return c.impl or dict(METHODS[get_method(c.method).name].weight_impls).get(weight_format(c))
+    if c.impl is not None:  # '' is not 'the default': get_impl names it as unknown
+        return c.impl
+    return dict(METHODS[get_method(c.method).name].weight_impls).get(weight_format(c))
 
 
 def _check_weights(c: TrainingConfig, method: Method) -> None:

@@ -42,6 +42,7 @@ RANK = Bound(1, 1 << 17, "a rank cannot exceed the hidden size, itself at most 1
 UPDATE_GAP = Bound(1, 10**9, "a projection refresh interval beyond a billion steps means never")
 GPU_COUNT = Bound(1, 4096, "memplan plans single nodes and clusters of up to 4,096 GPUs")
 HEADROOM_GIB = Bound(0.0, 1 << 20, "no GPU has a mebibyte of gibibytes")
+HOST_RAM_GIB = Bound(0.0, 1 << 20, "no host has a pebibyte of RAM")
 SWEEP_CELLS = 4096  # combinations of one sweep: each is an estimate; 4,096 of them take about a second
 LIST_ITEMS = 256  # values in one comma-separated option
 
