@@ -255,7 +255,8 @@ def sidebar() -> Inputs:
     chosen = Inputs(model, method, int(rank), precision, int(batch), int(seq), bool(layerwise), bool(ckpt), gpu,
                     model_error, impl, weights, offload, loss)
     st.session_state["_inputs"] = chosen
-    st.session_state[_KEPT] = {k: st.session_state[f"in_{k}"] for k in DEFAULTS if f"in_{k}" in st.session_state}
+    st.session_state[_KEPT] = {k[3:]: v for k, v in st.session_state.items()  # every input but the upload
+                               if k.startswith("in_") and k != "in_upload"}
     return chosen
 
 
