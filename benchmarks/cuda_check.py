@@ -17,10 +17,12 @@ allocator). Per point it records, for a warm-up step and then a measured step:
 - a full CUDA memory snapshot (``_record_memory_history`` from before the model is built,
   so the trace is complete from an empty allocator), gzip-compressed.
 
-Results: ``<out>/cuda_check.json`` and ``<out>/cuda_snapshots/<point>.pickle.gz``. The
-comparison with memplan's estimate and allocator replay is done from these files by
-``benchmarks/cuda_compare.py`` on any machine (no GPU needed), so the first GPU that appears
-calibrates everything.
+Results: ``<out>/cuda_check.json`` and ``<out>/cuda_snapshots/<point>.pickle.gz``. While the
+GPU runs the next point, the CPU compares each finished one (``benchmarks/cuda_fake_replay.py``:
+the snapshot replayed through memplan's allocator model, the same step under FakeTensorMode
+replayed from an empty allocator, and memplan's estimate) and ``<out>/cuda_fake_replay.json``
+gets real vs replayed vs estimated reserved bytes per point (``--no-compare`` skips it; the
+comparison can be rerun from the files on any machine, no GPU needed).
 """
 from __future__ import annotations
 
@@ -220,6 +222,7 @@ def main() -> int:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: run this point
     ap.add_argument("--timeout", type=int, default=120, help="seconds per point")
+    ap.add_argument("--no-compare", action="store_true", help="collect only; no replay / estimate comparison")
     a = ap.parse_args()
     out = Path(a.out)
     if a.list:
@@ -239,6 +242,7 @@ def main() -> int:
         return 2
     names = list(POINTS) if a.points == "all" else a.points.split(",")
     results, t_all = [], time.perf_counter()
+    compare = _Compare(out, (os.cpu_count() or 2) - 2)
     for name in names:
         t = time.perf_counter()
         try:
@@ -260,7 +264,51 @@ def main() -> int:
               f"reserved {st.get('reserved_end', 0) / 2**30:8.3f} GiB  {rec.get('error', '')}", flush=True)
         (out / "cuda_check.json").write_text(json.dumps(
             {"points": results, "wall_s": round(time.perf_counter() - t_all, 1)}, indent=1))
+        if not a.no_compare and "steps" in rec:
+            compare.start(name)
+    if not a.no_compare:
+        compare.finish(out / "cuda_fake_replay.json")
     return 0
+
+
+class _Compare:
+    """cuda_fake_replay.py --one POINT per finished point, on the CPU, while the GPU runs the next."""
+
+    def __init__(self, out: Path, jobs: int):
+        self.out, self.jobs, self.procs, self.rows, self.queue = out, max(1, jobs), {}, {}, []
+
+    def start(self, name: str) -> None:
+        self.queue.append(name)
+        self._pump()
+
+    def _pump(self, block: bool = False) -> None:
+        while True:
+            for n, p in list(self.procs.items()):
+                if p.poll() is not None:
+                    o, e = p.communicate()
+                    lines = [ln for ln in o.splitlines() if ln.startswith("RESULT ")]
+                    self.rows[n] = json.loads(lines[-1][7:]) if lines else {"point": n, "error": e.strip()[-500:]}
+                    del self.procs[n]
+            while self.queue and len(self.procs) < self.jobs:
+                n = self.queue.pop(0)
+                self.procs[n] = subprocess.Popen(
+                    [sys.executable, str(ROOT / "benchmarks" / "cuda_fake_replay.py"), "--one", n, "--results",
+                     str(self.out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # CPU only: the GPU is busy
+            if not block or not (self.procs or self.queue):
+                return
+            time.sleep(0.5)
+
+    def finish(self, path: Path) -> None:
+        self._pump(block=True)
+        rows = [self.rows[n] for n in sorted(self.rows)]
+        path.write_text(json.dumps({"points": rows}, indent=1) + "\n")
+        for r in rows:
+            real = r.get("real", {}).get("max_reserved", 0)
+            fr, es = r.get("fake_replay", {}), r.get("estimate", {})
+            print(f"{r['point']:45s} reserved real {real / 2**30:7.2f}  fake replay "
+                  f"{fr.get('max_reserved', 0) / 2**30:7.2f}  estimate {es.get('reserved', 0) / 2**30:7.2f} GiB "
+                  f"{fr.get('error', '') or es.get('error', '') or r.get('error', '')}"[:220], flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""Replay every real CUDA snapshot in ../shared/data/cuda-snapshots through memplan's
-allocator model; write benchmarks/results/replay_snapshots.json.
+"""Replay every real CUDA snapshot through memplan's allocator model; write
+benchmarks/results/replay_snapshots.json.
 
-    python benchmarks/replay_snapshots.py [SNAPSHOT_DIR]
+    python benchmarks/replay_snapshots.py [SNAPSHOT_DIR ...]
+
+Default folders: ../shared/data/cuda-snapshots (15 public snapshots, PROVENANCE.md there)
+and benchmarks/results/cuda_snapshots (17 known training steps on an H200, written by
+benchmarks/cuda_check.py).
 
 Per file: addresses matched / allocations, segment layouts matched / segments, final
 and peak reserved bytes real vs replayed, the empty_cache calls found, and the time
@@ -21,7 +25,7 @@ from memplan.replay import replay
 from memplan.snapshot import load
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DIR = ROOT.parent / "shared" / "data" / "cuda-snapshots"
+DEFAULT_DIRS = [ROOT.parent / "shared" / "data" / "cuda-snapshots", ROOT / "benchmarks" / "results" / "cuda_snapshots"]
 
 
 def main(folder: Path) -> list[dict]:
@@ -30,7 +34,7 @@ def main(folder: Path) -> list[dict]:
         t0 = time.perf_counter()
         snap = load(path)
         load_s = time.perf_counter() - t0
-        row = {"file": path.name, "trace_events": len(snap.trace), "load_seconds": round(load_s, 3)}
+        row = {"folder": folder.name, "file": path.name, "trace_events": len(snap.trace), "load_seconds": round(load_s, 3)}
         try:
             runs = [replay(snap) for _ in range(3)]
         except MemplanError as e:
@@ -49,8 +53,8 @@ def main(folder: Path) -> list[dict]:
 
 
 if __name__ == "__main__":
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DIR
-    rows = main(folder)
+    folders = [Path(a) for a in sys.argv[1:]] or [d for d in DEFAULT_DIRS if d.is_dir()]
+    rows = [r for folder in folders for r in main(folder)]
     mib = 1 << 20
     print(tabulate([[r["file"][:44], f"{r['addresses_matched']}/{r['allocations']}" if "allocations" in r else "-",
                      f"{r['segments_matched']}/{r['segments']}" if "segments" in r else "-",
@@ -67,6 +71,6 @@ if __name__ == "__main__":
     replayable = sum(1 for r in rows if "allocations" in r)
     print(f"\n{exact}/{replayable} replayable files reproduced exactly ({len(rows)} files)")
     out = ROOT / "benchmarks" / "results" / "replay_snapshots.json"
-    out.write_text(json.dumps({"source": str(folder.name), "files": rows, "exact": exact,
+    out.write_text(json.dumps({"folders": [f.name for f in folders], "files": rows, "exact": exact,
                                "replayable": replayable}, indent=1) + "\n")
     print(f"wrote {out}")

@@ -69,6 +69,10 @@ def report_text(path, a: dict, r=None, est=None) -> str:
     if est is not None:
         total.append(_gib(est.peak_bytes))
     rows.append(total)
+    reserved = ["reserved", _gib(a["peak_reserved_bytes"]), _gib(a["reserved_bytes"])]
+    if est is not None:
+        reserved.append(_gib(est.reserved_bytes))
+    rows.append(reserved)
     if est is not None:
         rows.append(["device total", "-", "-", _gib(est.device_total_bytes)])
     out.append("Allocated by category (from each block's recorded stack; 'other': no stack says):\n"
@@ -96,9 +100,10 @@ def report_text(path, a: dict, r=None, est=None) -> str:
 @click.option("--layerwise/--no-layerwise", default=False)
 @click.option("--checkpointing/--no-checkpointing", default=False)
 @click.option("--target-modules", default=None, help="Comma-separated target modules of the estimate.")
+@click.option("--impl", default=None, help="Implementation of the method (see 'memplan methods').")
 @handle_errors
 def snapshot(path, replay, as_json, model, method, rank, batch_size, seq_len, precision, layerwise, checkpointing,
-             target_modules):
+             target_modules, impl):
     """What a CUDA memory snapshot holds: peak and final allocated and reserved
     bytes, fragmentation and where it sits, the largest blocks, and the allocated
     bytes by memplan category. The file (from torch.cuda.memory._dump_snapshot,
@@ -127,6 +132,8 @@ def snapshot(path, replay, as_json, model, method, rank, batch_size, seq_len, pr
                     checkpointing=checkpointing)
         if target_modules is not None:
             opts["target_modules"] = target_modules
+        if impl is not None:
+            opts["impl"] = impl
         est = estimate(model, method, **opts)
     if as_json:
         body = dict(a)

@@ -24,6 +24,7 @@ from memplan.methods import METHODS, Method, Shape, get_method
 from memplan.phases import StepTerms, compose
 from memplan.profiles import GPUProfile, ModelProfile, load_gpu, load_model
 from memplan.quant import QMAP_BYTES, quantized, weight_bytes
+from memplan.reserve import DEFAULT_CONTEXT_BYTES, context_bytes, fragmentation_bytes, outside_tensors
 from memplan.units import MiB
 
 CATEGORIES = ("parameters", "gradients", "optimizer_states", "projectors", "activations", "temporaries", "overhead")
@@ -43,9 +44,9 @@ PRECISIONS = {
     "fp32": Precision(4, 4, 4),
 }
 
-# What a CUDA device adds on top of the tensors (an estimate; see ALGORITHMS.md):
-CUDA_CONTEXT_BYTES = 512 * MiB  # CUDA context, cuBLAS/cuDNN handles and workspaces
-FRAGMENTATION = 0.05  # caching-allocator reserve beyond the allocated peak (segment rounding)
+# What a CUDA device adds on top of the tensors (memplan/reserve.py): the caching allocator's
+# reserve beyond the allocated peak (a rule fitted to allocator replays) and the CUDA context
+CUDA_CONTEXT_BYTES = DEFAULT_CONTEXT_BYTES  # without a GPU profile (profiles give their own)
 UNKNOWN_USABLE_MARGIN = 0.02  # share of nvidia-smi's total that CUDA cannot allocate, when not measured
 
 
@@ -312,6 +313,11 @@ class Estimate:
         return self.peak_bytes + self.overhead
 
     @property
+    def reserved_bytes(self) -> int:
+        """Predicted max_memory_reserved: the allocated peak, cuBLAS workspaces and fragmentation."""
+        return self.device_total_bytes - context_bytes(self.gpu)
+
+    @property
     def breakdown(self) -> dict[str, int]:
         return {**self.phases[self.peak_phase], "overhead": self.overhead}
 
@@ -321,7 +327,7 @@ class Estimate:
         if g is None:
             raise MemplanError("No GPU given: pass a GPU id such as 'rtx-4090' (see 'memplan gpus').")
         cap = capacity_bytes(g)
-        need = self.device_total_bytes
+        need = self.device_total_bytes - outside_tensors(self.gpu) + outside_tensors(g)  # g's context, workspaces
         host_ok = host_ram is None or self.host_bytes <= host_ram
         return Fit(g, need <= cap and host_ok, need, cap, cap - need, self.host_bytes, host_ram)
 
@@ -434,8 +440,7 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     terms = StepTerms(params, grads, first_grad, first_step_temp, largest_grad, states, projs, step_temp, refresh_temp,
                       per_tensor_grads, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other)
     phases = compose(terms, acts)
-    peak = max(sum(p.values()) for p in phases.values())
-    overhead = CUDA_CONTEXT_BYTES + int(peak * FRAGMENTATION)
+    overhead = outside_tensors(gpu) + fragmentation_bytes(phases, acts.block if c.checkpointing else 0)
     return Estimate(c, phases, overhead, n_params, n_trainable, gpu,
                     sharded_step_temp=impl.shards_with_states and not c.layerwise, host_bytes=host,
                     host_pinned_bytes=pinned)

@@ -48,7 +48,8 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 
 from memplan.errors import MemplanError, unknown
-from memplan.estimator import CUDA_CONTEXT_BYTES, FRAGMENTATION, PRECISIONS, Estimate
+from memplan.estimator import PRECISIONS, Estimate
+from memplan.reserve import fragmentation_bytes, outside_tensors
 from memplan.inventory import inventory, resolve_targets
 from memplan.profiles import ModelProfile
 from memplan.units import MiB
@@ -167,8 +168,9 @@ def shard(est: Estimate, layout: str = "single", num_gpus: int = 1, *, bucket_vi
     phases = {name: shard_phase(ph, key, num_gpus, grads_total, unit_param, unit_grad, bucket_view,
                                 in_pass=name in ("forward", "backward"), sharded_temp=est.sharded_step_temp)
               for name, ph in est.phases.items()}
-    peak = max(sum(ph.values()) for ph in phases.values())
-    overhead = CUDA_CONTEXT_BYTES + int(peak * FRAGMENTATION) + (COMM_BUFFER_BYTES if key != "single" else 0)
+    ckpt = est.overhead - outside_tensors(est.gpu) - fragmentation_bytes(est.phases)  # its checkpointing term
+    overhead = (outside_tensors(est.gpu) + fragmentation_bytes(phases) + ckpt
+                + (COMM_BUFFER_BYTES if key != "single" else 0))
     base = {f.name: getattr(est, f.name) for f in fields(Estimate) if f.init}
     return ShardedEstimate(**{**base, "phases": phases, "overhead": overhead}, layout=key, num_gpus=num_gpus,
                            unit_bytes=unit_param)

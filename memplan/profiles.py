@@ -112,6 +112,10 @@ class GPUProfile:
     price_purchase_usd: float | None = None
     price_date: str = ""
     price_source: str = ""
+    cuda_context_mib: int | None = None  # memory outside PyTorch's allocator (context, kernels, handles)
+    cuda_context_source: str = ""
+    cublas_workspace_kib: int | None = None  # cuBLAS workspaces allocated through the caching allocator
+    cublas_workspace_source: str = ""
 
     @property
     def capacity_bytes(self) -> int:
@@ -372,8 +376,10 @@ def _gpu_from_table(gid: str, table: dict, where: str, base: GPUProfile | None =
             raise MemplanError(f"{where}: GPU '{gid}' has unknown key '{key}'. "
                                f"Allowed keys: {', '.join(k for k in _GPU_FIELDS if k != 'id')}.")
         typ = _GPU_FIELDS[key].type
-        if key in ("memory_mib", "usable_mib"):
+        if key in ("memory_mib", "usable_mib", "cuda_context_mib"):
             limits.check_int(val, limits.GPU_MIB, f"{where}: GPU '{gid}' key '{key}' (MiB)")
+        elif key == "cublas_workspace_kib":
+            limits.check_int(val, limits.GPU_MIB, f"{where}: GPU '{gid}' key '{key}' (KiB)")
         elif key in ("memory_bandwidth_gbs", "price_per_hour_usd", "price_purchase_usd"):
             bound = limits.BANDWIDTH_GBS if key == "memory_bandwidth_gbs" else limits.PRICE_USD
             val = limits.check_float(val, bound, f"{where}: GPU '{gid}' key '{key}'")

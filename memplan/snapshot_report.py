@@ -8,8 +8,8 @@ with each block (``frames``), innermost first; the first rule that matches wins:
 
 - ``gradients``: the autograd engine accumulating into ``.grad`` (AccumulateGrad), or
   a block made in the backward that outlives the next optimizer allocation (or the
-  trace): AccumulateGrad keeps the buffer the backward op made, so its stack names
-  the op, not AccumulateGrad;
+  trace) or is freed by an optimizer (``zero_grad``): AccumulateGrad keeps the buffer
+  the backward op made, so its stack names the op, not AccumulateGrad;
 - ``optimizer_states``: allocated inside an optimizer's ``step`` (``torch/optim``,
   or any Python ``step``/``_init_group`` frame); the step's short-lived scratch
   tensors land here too when they are live at the moment looked at;
@@ -19,7 +19,10 @@ with each block (``frames``), innermost first; the first rule that matches wins:
   ``to``, ``cuda``, ``load_state_dict``, ``from_pretrained``...);
 - ``activations``: the forward pass (a Python ``forward`` frame);
 - ``other``: no recorded stack says (a snapshot recorded without stacks, data
-  batches, tensors made outside these phases).
+  batches, tensors made outside these phases). When stacks were recorded with
+  Python frames only (``stacks="python"``), an allocation with an empty stack was made
+  by the autograd engine's thread: a backward allocation (``temporaries``, or
+  ``gradients`` when it outlives the backward as above).
 
 A block freed during the trace but allocated before it keeps the stack of its
 free event. The walk over the trace costs one step per event; each distinct
@@ -42,11 +45,16 @@ PARAM_FUNCS = frozenset({"_apply", "convert", "to", "cuda", "load_state_dict", "
 
 
 class _Classifier:
-    def __init__(self):
+    def __init__(self, stacks_recorded: bool = False):
         self.cache: dict[int, tuple[str, str]] = {}
+        self.stacks_recorded = stacks_recorded
 
     def __call__(self, frames) -> tuple[str, str]:
         """(category, where): where is the innermost Python frame, 'file.py:line func'."""
+        if isinstance(frames, (list, tuple)) and not frames and self.stacks_recorded:
+            # stacks were recorded, but this one has no frame: the autograd engine's own thread
+            # (Python-only stacks, stacks="python") -- a backward allocation
+            return "temporaries", "(autograd thread)"
         if not isinstance(frames, (list, tuple)) or not frames:
             return "other", ""
         key = id(frames)
@@ -86,7 +94,7 @@ def _classify(frames) -> tuple[str, str]:
 
 def analyze(snap: Snapshot, top: int = 10) -> dict:
     """Peak and final allocated and reserved bytes, fragmentation, largest blocks, categories."""
-    classify = _Classifier()
+    classify = _Classifier(_stacks_recorded(snap))
     state = start_state(snap)
     cls = _event_categories(snap, classify)
     live = {a: (size, _survivor(classify(fr)[0])) for a, (size, _, fr) in state.live.items()}
@@ -141,6 +149,11 @@ def analyze(snap: Snapshot, top: int = 10) -> dict:
     }
 
 
+def _stacks_recorded(snap: Snapshot) -> bool:
+    """Whether the trace recorded stacks at all (then an empty one means the autograd thread)."""
+    return any(isinstance(e.frames, (list, tuple)) and e.frames for e in snap.trace[:2000] if e.action == "alloc")
+
+
 def _survivor(cat: str) -> str:
     """A backward block still live after the backward is a gradient (AccumulateGrad keeps the
     buffer the backward op made, so its stack shows the op, not AccumulateGrad)."""
@@ -149,7 +162,7 @@ def _survivor(cat: str) -> str:
 
 def _event_categories(snap: Snapshot, classify) -> dict:
     """{alloc event index: category}; a backward allocation that outlives the next optimizer
-    allocation, or the trace, is a gradient."""
+    allocation or the trace, or that an optimizer frees (``zero_grad``), is a gradient."""
     cls, opened, freed_at = {}, {}, {}
     for i, ev in enumerate(snap.trace):
         if ev.action == "alloc":
@@ -162,7 +175,8 @@ def _event_categories(snap: Snapshot, classify) -> dict:
         cat = cls[i]
         if cat == "temporaries":
             end = freed_at.get(i)
-            if end is None or (next_opt is not None and end > next_opt):
+            if end is None or (next_opt is not None and end > next_opt) or \
+                    classify(snap.trace[end].frames)[0] == "optimizer_states":
                 cat = "gradients"
         elif cat == "optimizer_states":
             next_opt = i

@@ -72,7 +72,9 @@ def test_single_changes_are_ranked_by_tier_then_headroom():
 def test_pairs_appear_when_no_cheap_single_change_fits():
     a = _advice(RUNS[0])  # llama-7b golore on a 4090: only another method or more GPUs fit alone
     assert a.single and all(o.changes[0].tier >= 2 for o in a.single)
-    assert "--method qgalore" in {o.label for o in a.single}
+    # another method or more GPUs (Q-GaLore's 25.3 GiB device total no longer fits since the
+    # fragmentation rule fitted to allocator replays: 0.28 x its 12.55 GiB of gradients)
+    assert all("GPU" in o.label or o.label.startswith("--method") for o in a.single)
     best = a.pairs[0]
     assert {c.key for c in best.changes} == {"checkpointing", "layerwise"}  # GaLore's 7B-on-24GB recipe
     assert best.headroom_bytes > 0

@@ -3,7 +3,8 @@ import pytest
 
 import memplan
 from memplan.errors import MemplanError
-from memplan.estimator import CUDA_CONTEXT_BYTES, FRAGMENTATION
+from memplan.estimator import CUDA_CONTEXT_BYTES
+from memplan.reserve import DEFAULT_WORKSPACE_BYTES, fragmentation_bytes
 from memplan.parallel import (COMM_BUFFER_BYTES, LAYOUTS, UNITS_IN_FLIGHT, ShardedEstimate, largest_unit_numel,
                               resolve_layout, shard, shard_phase, sharding_units)
 from memplan.profiles import load_model
@@ -114,8 +115,8 @@ def test_ddp_adds_one_gradient_sized_bucket_buffer(est7b):
 
 def test_overhead_adds_nccl_buffers_on_multi_gpu(est7b):
     s = shard(est7b, "zero1", 2)
-    peak = max(sum(p.values()) for p in s.phases.values())
-    assert s.overhead == CUDA_CONTEXT_BYTES + int(peak * FRAGMENTATION) + COMM_BUFFER_BYTES
+    assert s.overhead == (CUDA_CONTEXT_BYTES + DEFAULT_WORKSPACE_BYTES + fragmentation_bytes(s.phases)
+                          + COMM_BUFFER_BYTES)
     single = shard(est7b, "single", 1)
     assert single.phases == est7b.phases and single.overhead == est7b.overhead
 

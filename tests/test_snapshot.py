@@ -144,3 +144,23 @@ def test_cli_bad_file_is_one_line(tmp_path):
     for path in (bad, tmp_path / "missing.pickle"):
         res = CliRunner().invoke(cli, ["snapshot", str(path)])
         assert res.exit_code == 2 and res.output.startswith("Error: ") and res.output.count("\n") == 1
+
+
+H200 = Path(__file__).parents[1] / "benchmarks" / "results" / "cuda_snapshots"
+
+
+def test_real_h200_step_replays_and_splits_like_the_estimate():
+    """A known training step recorded on an H200 (benchmarks/cuda_check.py: llama-1b, HF class,
+    torch.optim.AdamW(fused=True), batch 1 x 512, bf16; complete trace from an empty allocator)."""
+    import memplan
+    snap = load(H200 / "llama-1b__adamw__torch-fused.pickle.gz")
+    r = replay(snap)
+    assert (r.addresses_matched, r.segments_matched) == (r.allocations, r.segments)
+    assert r.peak_reserved_bytes == r.real_peak_reserved_bytes == 11_989_417_984  # cuda_check.json: max reserved
+    a = analyze(snap)["categories_at_peak"]
+    est = memplan.estimate("llama-1b", "adamw", impl="torch-fused", batch_size=1, seq_len=512)
+    ph = est.phases["optimizer_step"]
+    # blocks are whole multiples of 512 B: within 512 B per tensor of the exact tensor bytes
+    assert 0 <= a["parameters"] - ph["parameters"] < 512 * 200  # every weight, from module construction frames
+    assert 0 <= a["optimizer_states"] - ph["optimizer_states"] < 512 * 400  # two AdamW moments (_init_group)
+    assert 0 <= a["gradients"] - ph["gradients"] <= 64 << 20  # + the autograd thread's 32 MiB cuBLAS workspace

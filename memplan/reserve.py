@@ -1,0 +1,63 @@
+"""The device total: what the caching allocator reserves beyond the allocated peak, and
+the memory a CUDA process holds outside it.
+
+    device total = allocated peak + cuBLAS workspaces + fragmentation + CUDA context
+                   (the first three terms: the predicted max_memory_reserved)
+
+PyTorch's CUDA caching allocator (modelled exactly in ``memplan.allocator``) reserves
+whole segments and keeps freed blocks cached, so ``max_memory_reserved`` exceeds
+``max_memory_allocated``. The analytic estimate has no allocation sequence to replay, so
+the excess comes from a rule fitted to replays (``benchmarks/fragmentation_fit.py``):
+
+- ``GRADIENT_SHARE`` of the gradient bytes: gradients are made during the backward in
+  sizes that the activation blocks freed around them rarely fit, so they open new
+  segments, and the cached activation segments stay reserved through the optimizer step;
+- ``ACTIVATION_SHARE`` of the saved activations: segment rounding and the
+  partly used 20 MiB segments of the many 1-10 MiB activation tensors;
+- ``CHECKPOINT_BLOCKS`` recomputed blocks with activation checkpointing: the
+  recomputation allocates a block's activations again during the backward, amid gradients.
+
+The fit's data and its residual per point are in
+``benchmarks/results/fragmentation_fit.json`` (replays of the validation grid's
+FakeTensorMode steps and of the real CUDA runs' steps, and the real H200 numbers).
+
+The cuBLAS workspaces (allocated through the caching allocator, so they are in
+max_memory_allocated but not among the tensors the estimator counts) and the CUDA context
+(driver context, lazily loaded kernels, library handles) are per GPU profile
+(``cublas_workspace_kib``, ``cuda_context_mib`` in profiles/gpus.toml, each with its source);
+without a GPU the defaults below are used.
+"""
+from __future__ import annotations
+
+from memplan.units import MiB
+
+GRADIENT_SHARE = 0.28
+ACTIVATION_SHARE = 0.05
+CHECKPOINT_BLOCKS = 3.9
+DEFAULT_CONTEXT_BYTES = 530 * MiB  # profiles/gpus.toml: families not measured (source there)
+DEFAULT_WORKSPACE_BYTES = 16640 * 1024  # two 8,519,680 B cuBLAS workspaces (profiles/gpus.toml, pre-Hopper)
+
+
+def fragmentation_bytes(phases: dict, checkpoint_block: int = 0) -> int:
+    """Reserved minus allocated at the peak, predicted from the step's phases ({phase: {category:
+    bytes}}) and, with checkpointing, the activation bytes of one recomputed block."""
+    grads = max(p.get("gradients", 0) for p in phases.values())
+    acts = phases["forward"].get("activations", 0)
+    return int(GRADIENT_SHARE * grads + ACTIVATION_SHARE * acts + CHECKPOINT_BLOCKS * checkpoint_block)
+
+
+def context_bytes(gpu=None) -> int:
+    """Device memory outside the caching allocator on ``gpu`` (a GPUProfile or None)."""
+    mib = getattr(gpu, "cuda_context_mib", None)
+    return mib * MiB if mib else DEFAULT_CONTEXT_BYTES
+
+
+def workspace_bytes(gpu=None) -> int:
+    """cuBLAS workspaces a training step allocates through the caching allocator on ``gpu``."""
+    kib = getattr(gpu, "cublas_workspace_kib", None)
+    return kib * 1024 if kib else DEFAULT_WORKSPACE_BYTES
+
+
+def outside_tensors(gpu=None) -> int:
+    """What the device total adds besides the tensors and fragmentation: workspaces + context."""
+    return context_bytes(gpu) + workspace_bytes(gpu)
