@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from memplan.units import MiB
 
-GRADIENT_SHARE = 0.28
-ACTIVATION_SHARE = 0.05
-CHECKPOINT_BLOCKS = 3.9
+GRADIENT_SHARE = 0.25
+ACTIVATION_SHARE = 0.07
+CHECKPOINT_BLOCKS = 4.1
 DEFAULT_CONTEXT_BYTES = 530 * MiB  # profiles/gpus.toml: families not measured (source there)
 DEFAULT_WORKSPACE_BYTES = 16640 * 1024  # two 8,519,680 B cuBLAS workspaces (profiles/gpus.toml, pre-Hopper)
 
