@@ -44,11 +44,17 @@ class Inputs:
     weights: str | None = None  # block linears: bf16 | int8 | nf4 (None: the method's default)
     offload: str = "none"  # none | optimizer | optimizer+gradients (torchao CPUOffloadOptimizer)
     loss: str = "standard"  # standard | fused-chunked (Liger's fused linear cross-entropy)
+    attn: str = "sdpa"  # attention implementation: sdpa | eager
+    attn_dropout: float | None = None  # None: the model config's
+    hidden_dropout: float | None = None  # None: the model config's
+    lora_dropout: float = 0.0
 
     def options(self, **changes) -> dict:
         """Keyword arguments for `memplan.estimate` (TrainingConfig fields) of the chosen method."""
         opts = dict(rank=self.rank, precision=self.precision, batch_size=self.batch_size, seq_len=self.seq_len,
-                    layerwise=self.layerwise, checkpointing=self.checkpointing)
+                    layerwise=self.layerwise, checkpointing=self.checkpointing, attn=self.attn,
+                    attn_dropout=self.attn_dropout, hidden_dropout=self.hidden_dropout,
+                    lora_dropout=self.lora_dropout)
         if self.impl is not None:
             opts["impl"] = self.impl
         if self.weights is not None:
@@ -245,6 +251,7 @@ def sidebar() -> Inputs:
         ckpt = st.toggle("Activation checkpointing", key="in_checkpointing",
                          help="Keep only each block's input; recompute the rest in backward.")
         weights, offload, loss = _memory_inputs(method)
+        knobs = _model_knobs(model)
         st.markdown("### GPU")
         gpu = st.selectbox("GPU", list(load_gpus()), format_func=gpu_label, key="in_gpu",
                            label_visibility="collapsed")
@@ -253,11 +260,28 @@ def sidebar() -> Inputs:
             f"{g.memory_mib / 1024:.1f} GiB framebuffer"
         st.caption(f"{g.name}: {usable}" + (f" · ${g.price_per_hour_usd:.2f}/h" if g.price_per_hour_usd else ""))
     chosen = Inputs(model, method, int(rank), precision, int(batch), int(seq), bool(layerwise), bool(ckpt), gpu,
-                    model_error, impl, weights, offload, loss)
+                    model_error, impl, weights, offload, loss, **knobs)
     st.session_state["_inputs"] = chosen
     st.session_state[_KEPT] = {k[3:]: v for k, v in st.session_state.items()  # every input but the upload
                                if k.startswith("in_") and k != "in_upload"}
     return chosen
+
+
+def _model_knobs(model) -> dict:
+    """Attention implementation and dropouts (empty dropout fields: the model config's values)."""
+    with st.expander("Attention and dropout"):
+        attn = st.radio("Attention", ["sdpa", "eager"], key="in_attn", horizontal=True,
+                        help="transformers' attn_implementation. eager keeps the seq x seq probabilities "
+                             "(fp32 softmax and its copy) for backward; sdpa (flash / memory-efficient) does not.")
+        ad_default = f"{model.attention_dropout:g}" if model is not None else "config"
+        hd_default = f"{model.hidden_dropout:g}" if model is not None else "config"
+        ad = st.number_input("Attention dropout", min_value=0.0, max_value=0.99, value=None, step=0.05,
+                             key="in_attn_dropout", placeholder=f"model config: {ad_default}")
+        hd = st.number_input("Hidden dropout", min_value=0.0, max_value=0.99, value=None, step=0.05,
+                             key="in_hidden_dropout", placeholder=f"model config: {hd_default}")
+        ld = st.number_input("LoRA dropout", min_value=0.0, max_value=0.99, value=0.0, step=0.05,
+                             key="in_lora_dropout", help="peft's lora_dropout (adapter methods).")
+    return {"attn": attn, "attn_dropout": ad, "hidden_dropout": hd, "lora_dropout": float(ld or 0.0)}
 
 
 def inputs() -> Inputs:

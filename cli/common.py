@@ -50,6 +50,17 @@ def model_options(f):
                      help="Adapter methods (lora, relora, lowrank): train embeddings, head and norms too."),
         click.option("--gpu-file", type=click.Path(dir_okay=False), default=None,
                      help="TOML or JSON file adding or overriding GPU profiles."),
+        click.option("--attn", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True,
+                     help="Attention implementation (transformers' attn_implementation): eager keeps the "
+                          "seq x seq probabilities for backward."),
+        click.option("--dropout", type=float, default=None,
+                     help="Set the attention, hidden and LoRA dropout at once (0: none)."),
+        click.option("--attn-dropout", type=float, default=None,
+                     help="Dropout on the attention probabilities [default: the model config's]."),
+        click.option("--hidden-dropout", type=float, default=None,
+                     help="Dropout on the residual branches and embeddings [default: the model config's]."),
+        click.option("--lora-dropout", type=float, default=None,
+                     help="peft's lora_dropout on each adapted input (adapter methods) [default: 0]."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -128,12 +139,18 @@ def estimate_options(f):
 
 CONFIG_KEYS = ("rank", "update_gap", "target_modules", "precision", "batch_size", "seq_len", "layerwise",
                "checkpointing", "train_non_target", "impl", "momentum", "beta1", "weights", "offload", "loss",
-               "loss_chunk")
+               "loss_chunk", "attn")
+DROPOUT_KEYS = ("attn_dropout", "hidden_dropout", "lora_dropout")
 
 
 def config_kwargs(opts: dict) -> dict:
-    """The TrainingConfig fields among the parsed options."""
-    return {k: opts[k] for k in CONFIG_KEYS if k in opts}
+    """The TrainingConfig fields among the parsed options (--dropout fills the dropouts not given)."""
+    kw = {k: opts[k] for k in CONFIG_KEYS if k in opts}
+    for k in DROPOUT_KEYS:
+        val = opts.get(k) if opts.get(k) is not None else opts.get("dropout")
+        if val is not None:
+            kw[k] = val
+    return kw
 
 
 def host_ram_bytes(opts: dict) -> int | None:

@@ -36,6 +36,7 @@ def describe_config(est: Estimate) -> str:
         parts.append("per-layer update")
     if c.checkpointing:
         parts.append("checkpointing")
+    parts.append(model_knobs(est))
     return " | ".join(parts)
 
 
@@ -47,6 +48,15 @@ def _impl_part(est: Estimate) -> str:
         text += f", momentum {kn.momentum:g}"
     if est.config.method == "adafactor":
         text += ", no first moment" if kn.beta1 is None else f", beta1 {kn.beta1:g}"
+    return text
+
+
+def model_knobs(est: Estimate) -> str:
+    """'sdpa attention, dropout attn 0 / hidden 0.1': the model settings the activations follow."""
+    k = est.model_knobs
+    text = f"{k['attn']} attention, dropout attn {k['attn_dropout']:g} / hidden {k['hidden_dropout']:g}"
+    if METHODS[est.config.method].adapter:
+        text += f" / lora {k['lora_dropout']:g}"
     return text
 
 

@@ -88,10 +88,19 @@ def summary_table(rows) -> str:
               help="Activation checkpointing per block.")
 @click.option("--device", type=click.Choice(["cpu", "fake", "cuda"]), default="cpu", show_default=True,
               help="cpu: real tensors; fake: FakeTensorMode (no memory allocated); cuda: the GPU.")
-@click.option("--hf", "with_hf", is_flag=True, help="Also measure transformers' LlamaForCausalLM (random weights).")
+@click.option("--hf/--bundled", "hf", default=None,
+              help="Measure the model family's Hugging Face class (LlamaForCausalLM, MistralForCausalLM, "
+                   "GPT2LMHeadModel, OPTForCausalLM, RobertaForMaskedLM, BertForMaskedLM; random weights, no "
+                   "download) or memplan's bundled LLaMA. [default: --hf where transformers is installed]")
+@click.option("--attn", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True,
+              help="Attention implementation of the Hugging Face class.")
+@click.option("--dropout", type=float, default=None, help="Set the attention, hidden and LoRA dropout at once.")
+@click.option("--attn-dropout", type=float, default=None, help="[default: the model config's]")
+@click.option("--hidden-dropout", type=float, default=None, help="[default: the model config's]")
+@click.option("--lora-dropout", type=float, default=None, help="[default: 0]")
 @click.option("--snapshot", type=click.Path(dir_okay=False), default=None,
               help="With --device cuda: write a CUDA memory snapshot (open it in pytorch.org/memory_viz).")
-@click.option("--grid", type=click.Choice(["small", "full", "impls"]), default=None,
+@click.option("--grid", type=click.Choice(["small", "full", "impls", "families"]), default=None,
               help="Run a validation grid instead of one point and write a JSON report.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Report path for --grid (default benchmarks/results/validate_<grid>.json).")
@@ -100,14 +109,16 @@ def summary_table(rows) -> str:
                    "PyTorch's CUDA caching allocator.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {estimate, measured, error} (bytes).")
 @impl_options
-def validate(model, method, rank, batch_size, seq_len, precision, layerwise, checkpointing, device, with_hf,
-             snapshot, grid, out, reserved, as_json, impl, momentum, beta1):
-    """Measure training steps of the bundled model and compare with the estimate.
+def validate(model, method, rank, batch_size, seq_len, precision, layerwise, checkpointing, device, hf, attn,
+             dropout, attn_dropout, hidden_dropout, lora_dropout, snapshot, grid, out, reserved, as_json, impl,
+             momentum, beta1):
+    """Measure training steps of the model and compare with the estimate.
 
-    Runs three steps (a warm-up, an ordinary step and a projection refresh) with
-    the bundled optimizer, or with the real library given by --impl (torch-foreach,
-    torch-fused, torch-forloop, torch (SGD), transformers, bitsandbytes, galore-torch,
-    peft), measures memory by category and phase, and prints
+    Builds the Hugging Face class of the model's family (or, with --bundled,
+    memplan's LLaMA) and runs three steps (a warm-up, an ordinary step and a
+    projection refresh) with the bundled optimizer, or with the real library given
+    by --impl (torch-foreach, torch-fused, torch-forloop, torch (SGD), transformers,
+    bitsandbytes, galore-torch, peft), measures memory by category and phase, and prints
     estimate, measurement and error side by side. Exit code 1 when a target
     fails (exact parameters, gradients, optimizer states and projectors; peak
     within 3% and in the same phase).
@@ -115,6 +126,7 @@ def validate(model, method, rank, batch_size, seq_len, precision, layerwise, che
     \b
     Example:
       memplan validate --model llama-60m --method galore --rank 128 --batch-size 4 --seq-len 256
+      memplan validate --model gpt2 --method adamw --attn eager --batch-size 4 --seq-len 1024 --device fake
       memplan validate --model llama-7b --method galore8bit --rank 1024 --layerwise --device fake
       memplan validate --model llama-7b --method galore8bit --layerwise --device fake --reserved
       memplan validate --model llama-1b --method adamw --impl torch-foreach --device fake --seq-len 512
@@ -127,12 +139,13 @@ def validate(model, method, rank, batch_size, seq_len, precision, layerwise, che
     if grid:
         return _run_grid(grid, out, as_json)
     try:
+        pick = lambda v: v if v is not None else dropout  # noqa: E731
         cfgs = [ValidateConfig(model=model, method=method, rank=rank, precision=precision, batch_size=batch_size,
                                seq_len=seq_len, layerwise=layerwise, checkpointing=checkpointing, device=device,
-                               impl=impl, momentum=momentum, beta1=beta1)]
-        if with_hf:
-            from dataclasses import replace
-            cfgs.append(replace(cfgs[0], implementation="hf"))
+                               impl=impl, momentum=momentum, beta1=beta1,
+                               implementation={None: "auto", True: "hf", False: "bundled"}[hf], attn=attn,
+                               attn_dropout=pick(attn_dropout), hidden_dropout=pick(hidden_dropout),
+                               lora_dropout=pick(lora_dropout) or 0.0)]
         results = [_run_one(c, snapshot if i == 0 else None, quiet=as_json, reserved=reserved)
                    for i, c in enumerate(cfgs)]
     except CLIError:
@@ -140,12 +153,14 @@ def validate(model, method, rank, batch_size, seq_len, precision, layerwise, che
     except Exception as e:  # library errors: one line, no traceback
         raise CLIError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     if as_json:
-        body = results[0] if len(results) == 1 else {"bundled": results[0], "hf": results[1]}
-        click.echo(json.dumps(body, indent=2))
+        click.echo(json.dumps(results[0], indent=2))
     else:
+        from memplan.models.hf import hf_class_name
+        from memplan.profiles import load_model
         for c, r in zip(cfgs, results):
-            click.echo(f"\n{c.model} {c.method} (optimizer {c.resolved_impl}, {c.implementation} model, {c.device}, "
-                       f"{c.precision}, "
+            what = hf_class_name(load_model(c.model)) if c.implementation == "hf" else "bundled LLaMA"
+            click.echo(f"\n{c.model} {c.method} (optimizer {c.resolved_impl}, {what}, {c.attn} attention, "
+                       f"{c.device}, {c.precision}, "
                        f"batch {c.batch_size} x {c.seq_len}, layerwise {c.layerwise}, "
                        f"checkpointing {c.checkpointing})\n")
             click.echo(point_table(r))

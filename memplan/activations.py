@@ -1,8 +1,11 @@
 """Activation memory: what the forward pass saves for backward, term by term.
 
 Derived from the tensors the bundled LLaMA implementation (memplan/models/) and the
-Hugging Face one save (SDPA attention, fp32 RMSNorm upcasts, SwiGLU), not from a
-textbook constant. Notation: t = batch x seq tokens, h hidden, kv = key/value width
+Hugging Face classes save (transformers 5.24, torch 2.13: LlamaForCausalLM /
+MistralForCausalLM, GPT2LMHeadModel, OPTForCausalLM, BertForMaskedLM /
+RobertaForMaskedLM; SDPA or eager attention, dropout, each class's loss), not from a
+textbook constant; one function per family below, each checked by
+``memplan validate`` against the class it names. Notation: t = batch x seq tokens, h hidden, kv = key/value width
 (GQA), i MLP width, nh heads, V vocabulary; `c` bytes per compute element (2 in
 bf16 / mixed, 4 in fp32), `x` bytes per residual-stream element (the parameter
 dtype: bf16 in `bf16`, fp32 in `mixed` / `fp32`).
@@ -55,7 +58,36 @@ class Activations:
         return self.head_input_grad  # the final norm's output (t x h), saved by a trainable head only
 
 
-def _norm_saved(t: int, h: int, c: int, x: int, rms: bool) -> int:
+@dataclass(frozen=True)
+class Knobs:
+    """Model settings that change what is saved (TrainingConfig's attn, dropouts and kernels).
+
+    ``cuda``: the CUDA kernels' saved tensors (what the estimate is for). False models the
+    CPU kernels, which validation on CPU or fake tensors measures; they differ in three
+    places, each noted where it applies: dropout masks (CUDA ``native_dropout``: a bool
+    mask, 1 byte; CPU: a noise tensor in the input's dtype), LayerNorm statistics (CUDA:
+    fp32 mean and rstd for a bf16 input; CPU: the input's dtype) and SDPA with attention
+    dropout (CUDA flash / memory-efficient kernels draw the dropout in-kernel and save
+    nothing more; the CPU takes the math path in fp32, saving the s^2 matrices).
+    """
+
+    attn: str = "sdpa"  # sdpa | eager
+    attn_dropout: bool = False  # dropout on the attention probabilities is on (p > 0)
+    hidden_dropout: bool = False  # dropout on the residual branches / embeddings is on
+    lora_dropout: bool = False  # peft's lora_dropout on each adapted linear's input is on
+    adapter_bytes: int = 0  # the adapters' own dtype (peft: 4, fp32 under a bf16 model); 0: the compute dtype
+    cuda: bool = True
+
+    def mask(self, c: int) -> int:
+        """Bytes per element of a dropout mask."""
+        return 1 if self.cuda else c
+
+    def ln_stats(self, t: int, c: int) -> int:
+        """LayerNorm's saved mean and rstd (one each per token)."""
+        return 2 * (4 if self.cuda else c) * t
+
+
+def _norm_saved(t: int, h: int, c: int, x: int, rms: bool, k: Knobs = Knobs()) -> int:
     if rms:
         # RMSNorm with fp32 upcast (LlamaRMSNorm): the fp32 input (4th: the upcast copy, or the
         # fp32 input itself when the stream is fp32), saved by pow and by the multiply; rsqrt of
@@ -63,79 +95,169 @@ def _norm_saved(t: int, h: int, c: int, x: int, rms: bool) -> int:
         # weight multiply when the weight is trainable). The output (c*th) is counted by the
         # linears that read it.
         return 4 * t * h + 4 * t + c * t * h
-    # LayerNorm: input (c*th), mean and rstd (2 x 4t)
-    return c * t * h + 8 * t
+    # LayerNorm: input (c*th), mean and rstd
+    return c * t * h + k.ln_stats(t, c)
 
 
-def _llama_block(p: ModelProfile, t: int, c: int, x: int, rank_extra: int) -> int:
-    h, kv, i, nh = p.hidden_size, p.kv_dim, p.intermediate_size, p.num_attention_heads
+# ---------------------------------------------------------------- attention (all families)
+# What one attention layer saves from q/k/v (after their projections) to the attention output
+# (the output projection's input), by implementation. `softmax_fp32`: the class computes the
+# softmax in fp32 and casts it back (LLaMA, Mistral, OPT); GPT-2 and BERT/RoBERTa do not.
+def _attention(t: int, b: int, s: int, nh: int, qd: int, kv: int, c: int, k: Knobs, softmax_fp32: bool) -> int:
+    s2 = b * nh * s * s  # elements of one (b, heads, s, s) score matrix
+    if k.attn == "eager":
+        # matmul(q, k^T) and matmul(p, v) save contiguous copies of q, k^T and v (k, v repeated
+        # to every head under GQA: repeat_kv), and transpose(1, 2).contiguous() copies the output
+        qkvo = 4 * c * t * qd
+        if softmax_fp32:
+            probs = 4 + (c if c != 4 else 0)  # the fp32 softmax (its backward) and the cast copy (matmul)
+        else:
+            probs = c  # the softmax output, saved by its backward and by matmul
+        if k.attn_dropout:  # the cast copy is dropout's input (not saved); its output goes to matmul
+            probs = (4 if softmax_fp32 else c) + k.mask(c) + c
+        return qkvo + probs * s2
+    if k.attn_dropout and not k.cuda:
+        # CPU SDPA with dropout takes the math path in fp32: k^T scaled, q and v in fp32 (at every
+        # head), the softmax, the dropout noise and its output (fp32 s^2 each), the output cast back
+        return 3 * 4 * t * qd + 3 * 4 * s2 + c * t * qd
+    # SDPA flash / memory-efficient kernels: q, k, v (GQA: kv heads only), the output in
+    # (b, s, heads, hd) memory (the output projection reads it as a view) and the logsumexp (fp32,
+    # one per head and token). Attention dropout is drawn in the kernel: nothing more is saved.
+    return c * t * (qd + 2 * kv) + c * t * qd + 4 * t * nh
+
+
+def _act_saved(act: str, t: int, i: int, c: int) -> int:
+    """What an MLP's activation saves, the up projection's output included (t x i elements each)."""
+    if act == "gelu_new":
+        # transformers' NewGELUActivation, 0.5 x (1 + tanh(k (x + 0.044715 x^3))), is a chain of
+        # small ops: x (pow), tanh (its output), 1 + tanh and 0.5 x (the product's operands), the product
+        return 5 * c * t * i
+    if act == "relu":
+        return c * t * i  # ReLU saves its output, which the down projection reads
+    return 2 * c * t * i  # gelu / gelu_pytorch_tanh / others: input (the activation's backward) and output
+
+
+# ---------------------------------------------------------------- per family blocks
+def _llama_block(p: ModelProfile, t: int, b: int, s: int, c: int, x: int, k: Knobs) -> int:
+    """transformers 5.x LlamaDecoderLayer / MistralDecoderLayer (RMSNorm fp32 upcasts, SwiGLU)."""
+    h, kv, i, nh, qd = p.hidden_size, p.kv_dim, p.intermediate_size, p.num_attention_heads, p.q_dim
     # two norms + their outputs read by q/k/v and by gate/up (one tensor each when x == c)
     norms = 2 * (_norm_saved(t, h, c, x, rms=True) + c * t * h)
     if x != c:
         # mixed precision: the normalized value stays fp32 (x bytes), and autocast casts the
         # fp32 norm output to bf16 once per consuming linear: 3 copies (q, k, v) + 2 (gate, up)
         norms += 2 * (x - c) * t * h + 3 * c * t * h
-    attn = (
-        c * t * h  # q after RoPE (saved by SDPA)
-        + 2 * c * t * kv  # k after RoPE and v (saved by SDPA; GQA keeps kv heads only)
-        + c * t * h  # SDPA output, (b, s, nh, hs) in memory: o_proj reads it as a view, no copy
-        + 4 * t * nh  # SDPA logsumexp, fp32, one per head and token (flash / memory-efficient kernels)
-    )
+    attn = _attention(t, b, s, nh, qd, kv, c, k, softmax_fp32=True)
     mlp = 4 * c * t * i  # gate out (saved by SiLU), SiLU out and up out (saved by the product), product (down_proj input)
     if x != c:  # autocast's bf16 copies of the block's linear weights, saved by the matmuls
-        mlp += c * (2 * h * h + 2 * h * kv + 3 * h * i)
-    return norms + attn + mlp + rank_extra
+        mlp += c * (2 * h * qd + 2 * h * kv + 3 * h * i)
+    return norms + attn + mlp
 
 
-def _bert_block(p: ModelProfile, t: int, c: int, x: int, rank_extra: int) -> int:
+def _gpt2_block(p: ModelProfile, t: int, b: int, s: int, c: int, x: int, k: Knobs) -> int:
+    """transformers 5.x GPT2Block (pre-LN; c_attn's output holds q, k, v) and OPTDecoderLayer
+    (pre-LN; q scaled by a multiply, k, v from their projections): the same bytes."""
     h, i, nh = p.hidden_size, p.intermediate_size, p.num_attention_heads
-    attn = 3 * c * t * h + c * t * h + 4 * t * nh + c * t * h  # q, k, v; SDPA out + logsumexp; dense input
-    drop = 2 * t * h  # two dropout masks (bool, one byte per element)
-    norms = 2 * _norm_saved(t, h, c, x, rms=False) + c * t * h  # post-LN x2; first LN output read by the MLP
-    mlp = 2 * c * t * i  # GELU input, GELU output (the second dense's input)
-    return attn + drop + norms + mlp + rank_extra
+    norms = 2 * (_norm_saved(t, h, c, x, rms=False, k=k) + c * t * h)  # ln_1, ln_2: input, stats, output
+    attn = _attention(t, b, s, nh, h, h, c, k, softmax_fp32=p.family == "opt")
+    mlp = _act_saved(p.hidden_act, t, i, c)
+    drop = 2 * k.mask(c) * t * h if k.hidden_dropout else 0  # after the attention and after the MLP
+    return norms + attn + mlp + drop
 
 
-def _opt_block(p: ModelProfile, t: int, c: int, x: int, rank_extra: int) -> int:
+def _bert_block(p: ModelProfile, t: int, b: int, s: int, c: int, x: int, k: Knobs) -> int:
+    """transformers 5.x BertLayer / RobertaLayer (post-LN). The block's input is the previous
+    LayerNorm's output (counted there, or by the embeddings for the first block)."""
     h, i, nh = p.hidden_size, p.intermediate_size, p.num_attention_heads
-    norms = 2 * (_norm_saved(t, h, c, x, rms=False) + c * t * h)  # pre-LN x2 and their outputs
-    attn = 2 * c * t * h + c * t * h + 4 * t * nh + c * t * h  # q, k, v (k, v as wide as q), out, lse, out_proj input
-    mlp = c * t * i  # ReLU output (saved by ReLU and read by fc2)
-    drop = 2 * t * h  # dropout masks
-    return norms + attn + mlp + drop + rank_extra
+    attn = _attention(t, b, s, nh, h, h, c, k, softmax_fp32=False)
+    # two residual sums (each LayerNorm's input), the LayerNorms' stats and outputs (the MLP's input;
+    # the next block's input)
+    norms = 2 * (2 * c * t * h + k.ln_stats(t, c))
+    mlp = _act_saved(p.hidden_act, t, i, c)
+    drop = 2 * k.mask(c) * t * h if k.hidden_dropout else 0
+    return attn + norms + mlp + drop
 
 
-_BLOCKS = {"llama": _llama_block, "bert": _bert_block, "opt": _opt_block, "gpt2": _opt_block}
+def _adapters(t: int, c: int, k: Knobs, rank: int, inputs: tuple[int, ...]) -> int:
+    """What the LoRA / low-rank adapters of one block add (``inputs``: each adapted linear's
+    input width). A x (t x r) is saved for B's backward; peft (0.21 LoRA Linear.forward) first casts
+    the input to the adapters' dtype (a copy per adapted linear when it differs) and, with
+    lora_dropout, saves the dropout's output (and mask) instead of sharing the input."""
+    if not inputs:
+        return 0
+    a = k.adapter_bytes or c
+    total = len(inputs) * a * t * rank
+    for n in inputs:
+        if k.lora_dropout:
+            total += a * t * n + k.mask(a) * t * n
+        elif a != c:
+            total += a * t * n
+    return total
 
 
-def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_rank: int,
-                adapters_per_block: int) -> Activations:
-    """Activation terms for one micro-batch of `batch` x `seq` tokens."""
-    t = batch * seq
-    h, V = p.hidden_size, p.vocab_size
-    # LoRA / low-rank: each adapted linear saves A x (t x r) for B's backward
-    rank_extra = adapters_per_block * c * t * adapter_rank
-    block = _BLOCKS[p.family](p, t, c, x, rank_extra)
-    if p.num_local_experts:  # a mixture of experts replaces the dense MLP: memplan/moe.py
-        from memplan.moe import moe_block_delta
+_BLOCKS = {"llama": _llama_block, "bert": _bert_block, "opt": _gpt2_block, "gpt2": _gpt2_block}
 
-        block += moe_block_delta(p, t, c)
-    rms = p.family == "llama"
-    outside = (
-        _norm_saved(t, h, c, x, rms) + c * t * h  # final norm and its output, the head's input
+
+def _outside(p: ModelProfile, t: int, seq: int, c: int, x: int, k: Knobs) -> int:
+    """Saved outside the blocks: embeddings' indices and sums, the final norm, the head's input,
+    the loss's labels and scalars."""
+    h = p.hidden_size
+    if p.family == "bert":
+        # token-type ids (a gather from the buffer) and, for RoBERTa, position ids computed from the
+        # input ids (int64 each, saved by their embeddings); BERT's positions are a view of a buffer
+        ids = 16 * t if p.model_type != "bert" else 8 * t
+        # the embeddings' sum (the LayerNorm's input), its stats and output (the first block's input),
+        # the embedding dropout's mask
+        emb = 2 * c * t * h + k.ln_stats(t, c) + (k.mask(c) * t * h if k.hidden_dropout else 0)
+        # masked-LM head: dense output (GELU's input), GELU output (LayerNorm's input), LayerNorm
+        # stats and output (the decoder's input); the loss and its total weight in bf16 (no upcast)
+        head = 3 * c * t * h + k.ln_stats(t, c)
+        return ids + emb + head + 2 * min(c, 4)
+    final = (
+        _norm_saved(t, h, c, x, p.family == "llama", k) + c * t * h  # final norm and its output, the head's input
         + 8 * t  # the shifted labels (int64 copy) saved by the loss
         + 8  # the loss and the loss's total weight (fp32 scalars)
     )
     if p.family == "llama":
         # RoPE cos and sin (1, seq, hs), shared by all blocks, in the residual stream's dtype
-        outside += 2 * x * seq * p.head_dim
+        final += 2 * x * seq * p.head_dim
         if x != c:  # mixed: the final normalized value stays fp32; autocast's bf16 copy of the head weight
-            outside += (x - c) * t * h + c * V * h
+            final += (x - c) * t * h + c * p.vocab_size * h
+    elif p.family == "gpt2":
+        final += 8 * seq  # position ids (arange, int64), saved by wpe
+        if k.hidden_dropout:
+            final += k.mask(c) * t * h  # embd_pdrop's mask (its output is ln_1's input, counted there)
+    else:  # opt
+        final += 8 * t  # position ids (a cumsum of the attention mask, int64), saved by embed_positions
+    return final
+
+
+def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_rank: int,
+                adapter_inputs: tuple[int, ...] = (), knobs: Knobs = Knobs()) -> Activations:
+    """Activation terms for one micro-batch of `batch` x `seq` tokens.
+
+    ``adapter_inputs``: the input width of each adapted linear of one block (LoRA / low-rank).
+    """
+    t = batch * seq
+    h, V = p.hidden_size, p.vocab_size
+    k = knobs
+    block = _BLOCKS[p.family](p, t, batch, seq, c, x, k) + _adapters(t, c, k, adapter_rank, adapter_inputs)
+    if p.num_local_experts:  # a mixture of experts replaces the dense MLP: memplan/moe.py
+        from memplan.moe import moe_block_delta
+
+        block += moe_block_delta(p, t, c)
+    rms = p.family == "llama"
+    outside = _outside(p, t, seq, c, x, k)
     inputs = 2 * 8 * t  # input_ids and labels (int64), held by the training loop
     logits = c * t * V
-    # while the loss runs: the logits and, in bf16 / mixed, their fp32 upcast (log_softmax's output is saved)
-    fwd_transient = logits + (4 * t * V if c != 4 else 0)
-    loss_saved = 4 * t * V  # log_softmax output (fp32)
+    if p.family == "bert":
+        # BertForMaskedLM / RobertaForMaskedLM call CrossEntropyLoss on the compute-dtype scores: no
+        # fp32 upcast; log_softmax's output (saved) and both gradients are in the compute dtype
+        fwd_transient, loss_saved = logits, c * t * V
+    else:
+        # transformers' ForCausalLMLoss: logits.float(), then cross-entropy. While it runs: the
+        # logits and, in bf16 / mixed, their fp32 upcast; log_softmax's fp32 output is saved
+        fwd_transient, loss_saved = logits + (4 * t * V if c != 4 else 0), 4 * t * V
     first_norm = 4 * t * h + 4 * t if rms else 0
     frozen_norm = c * t * h if rms else 0
     return Activations(block, x * t * h, outside, inputs, logits, loss_saved, fwd_transient, logits,

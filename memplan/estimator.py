@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from memplan import limits
 from memplan import offload
-from memplan.activations import activations
+from memplan.activations import Knobs, activations
 from memplan.errors import MemplanError
 from memplan.inventory import _inventory, resolve_targets, shape_groups
 from memplan.methods import METHODS, Method, Shape, get_method
@@ -72,6 +72,11 @@ class TrainingConfig:
     offload: str = "none"  # none | optimizer | optimizer+gradients: torchao's CPUOffloadOptimizer (memplan/offload.py)
     loss: str = "standard"  # standard | fused-chunked: Liger's fused linear cross-entropy (memplan/loss.py)
     loss_chunk: int | None = None  # fused-chunked: tokens per chunk (None: Liger's default for the shape)
+    attn: str = "sdpa"  # attention implementation: sdpa (flash / memory-efficient kernels) | eager
+    attn_dropout: float | None = None  # dropout on the attention probabilities; None: the model config's
+    hidden_dropout: float | None = None  # dropout on residual branches and embeddings; None: the model config's
+    lora_dropout: float = 0.0  # peft's lora_dropout on each adapted linear's input (adapter methods)
+    kernels: str = "cuda"  # whose kernels' saved tensors: cuda | cpu (what validation on CPU / fake tensors runs)
 
     def __post_init__(self):
         check_config(self)
@@ -114,6 +119,7 @@ def check_config(c: TrainingConfig) -> None:
                            "(transformers' default grouped_mm experts run in bf16).")
     if c.target_modules is not None:
         resolve_targets(c.model, c.target_modules)  # each name must match a weight: a typo is an error
+    _check_model_knobs(c)
     if method.uses_rank:
         _positive("Rank", c.rank, "--rank", limits.RANK)
         k = _smallest_projected_dim(c.model, c.target_modules)
@@ -174,6 +180,34 @@ def _check_impl_options(c: TrainingConfig, method: Method) -> None:
     b = c.beta1
     if b is not None and b != NO_BETA1 and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1):
         raise MemplanError(f"beta1 must be a number in [0, 1) or 'none', got {b!r}. Use --beta1 0.9 or --beta1 none.")
+
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+KERNELS = ("cuda", "cpu")
+
+
+def _check_model_knobs(c: TrainingConfig) -> None:
+    from memplan.errors import unknown
+
+    if c.attn not in ATTN_IMPLEMENTATIONS:
+        raise unknown("attention implementation", c.attn, ATTN_IMPLEMENTATIONS, "memplan estimate --help")
+    if c.kernels not in KERNELS:
+        raise unknown("kernels", c.kernels, KERNELS, "memplan estimate --help")
+    for name, val in (("attn_dropout", c.attn_dropout), ("hidden_dropout", c.hidden_dropout),
+                      ("lora_dropout", c.lora_dropout)):
+        if val is None and name != "lora_dropout":
+            continue
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 <= val < 1:
+            raise MemplanError(f"{name} must be a probability in [0, 1), got {val!r}. "
+                               f"Use --{name.replace('_', '-')} 0.1 (0: no dropout).")
+
+
+def knobs_of(c: TrainingConfig, adapter_bytes: int = 0) -> Knobs:
+    """The model settings in effect (dropouts resolved from the model config when not given)."""
+    ad = c.model.attention_dropout if c.attn_dropout is None else c.attn_dropout
+    hd = c.model.hidden_dropout if c.hidden_dropout is None else c.hidden_dropout
+    return Knobs(attn=c.attn, attn_dropout=ad > 0, hidden_dropout=hd > 0, lora_dropout=c.lora_dropout > 0,
+                 adapter_bytes=adapter_bytes, cuda=c.kernels == "cuda")
 
 
 def _smallest_projected_dim(model: ModelProfile, targets) -> int:
@@ -238,8 +272,10 @@ def _sequence_temps(impl, order, r: int, grad_bytes: int, kn) -> tuple[int, int]
 
 
 @lru_cache(maxsize=512)
-def _adapted_per_block(model: ModelProfile, targets) -> int:
-    return sum(1 for s, _ in shape_groups(model, targets) if s.projected)
+def _adapted_inputs(model: ModelProfile, targets) -> tuple[int, ...]:
+    """The input width of each adapted linear in one block (GPT-2's Conv1D stores (in, out))."""
+    return tuple((s.shape[0] if model.family == "gpt2" else s.shape[1])
+                 for s, _ in shape_groups(model, targets) if s.projected)
 
 
 @dataclass(frozen=True)
@@ -299,6 +335,14 @@ class Estimate:
         return knobs(self.impl, self.config.momentum, self.config.beta1)
 
     @property
+    def model_knobs(self) -> dict:
+        """The model settings the activations follow, dropouts resolved from the model config."""
+        c = self.config
+        return {"attn": c.attn, "attn_dropout": c.model.attention_dropout if c.attn_dropout is None else c.attn_dropout,
+                "hidden_dropout": c.model.hidden_dropout if c.hidden_dropout is None else c.hidden_dropout,
+                "lora_dropout": c.lora_dropout, "kernels": c.kernels}
+
+    @property
     def peak_phase(self) -> str:
         return max(PHASES, key=lambda p: (sum(self.phases[p].values()), -PHASES.index(p)))
 
@@ -338,6 +382,7 @@ class Estimate:
         cfg["target_modules"] = list(resolve_targets(c.model, c.target_modules))
         impl, kn = self.impl, self.knobs
         cfg.update(impl=impl.name, momentum=kn.momentum, beta1=kn.beta1, weights=weight_format(c))
+        cfg.update(self.model_knobs)
         out = {
             "config": cfg,
             "impl": impl.name,
@@ -373,7 +418,7 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
 
     params = grads = states = projs = host = pinned = 0
     n_params = n_trainable = 0
-    largest_grad = first_grad = first_step_temp = step_temp = 0
+    largest_grad = first_grad = first_step_temp = step_temp = tied_grad = 0
     refresh_temp = None
     n_quantized = 0
     for shape, role, n, trainable in tensors:
@@ -407,6 +452,8 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
             continue
         states += n * st
         projs += n * pj
+        if role == "embedding" and c.model.tie_word_embeddings:
+            tied_grad = numel * gb
         if role == "head" or (role == "embedding" and c.model.tie_word_embeddings and c.model.is_decoder):
             first_grad = max(first_grad, numel * gb)
             first_step_temp = max(first_step_temp, impl.step_temp(shape, r, s, kn))
@@ -427,8 +474,9 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     if n_quantized:  # shared quantization maps: once, or once per optimizer (bitsandbytes per layer)
         states += QMAP_BYTES * (n_quantized if c.layerwise and impl.qmaps_per_optimizer else 1)
 
-    adapted = _adapted_per_block(c.model, targets) if method.adapter else 0
-    acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapted)
+    adapted = _adapted_inputs(c.model, targets) if method.adapter else ()
+    acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapted,
+                       knobs_of(c, impl.adapter_bytes or 0))
     if c.loss == "fused-chunked":
         from memplan.loss import fused_chunked
 
@@ -438,7 +486,8 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     # offloaded gradients leave the device one at a time, as with the per-layer update
     per_tensor_grads = c.layerwise or c.offload == "optimizer+gradients"
     terms = StepTerms(params, grads, first_grad, first_step_temp, largest_grad, states, projs, step_temp, refresh_temp,
-                      per_tensor_grads, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other)
+                      per_tensor_grads, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other,
+                      tied_gradient=tied_grad)
     phases = compose(terms, acts)
     overhead = outside_tensors(gpu) + fragmentation_bytes(phases, acts.block if c.checkpointing else 0)
     return Estimate(c, phases, overhead, n_params, n_trainable, gpu,

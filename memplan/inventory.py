@@ -66,14 +66,15 @@ def _layernorm(prefix, h, bias=True):
 
 def _llama(p: ModelProfile, t):
     h, i, kv, ab, mb = p.hidden_size, p.intermediate_size, p.kv_dim, p.attention_bias, p.mlp_bias
+    q = p.q_dim  # == h unless config.json sets head_dim (Mistral-NeMo: 32 heads x 128 on a 5120 stream)
     yield TensorSpec("model.embed_tokens.weight", (p.vocab_size, h), "embedding")
     for n in range(p.num_hidden_layers):
         b = f"model.layers.{n}"
         yield TensorSpec(f"{b}.input_layernorm.weight", (h,), "norm")
-        yield from _linear(f"{b}.self_attn.q_proj", h, h, "attention", ab, t)
+        yield from _linear(f"{b}.self_attn.q_proj", q, h, "attention", ab, t)
         yield from _linear(f"{b}.self_attn.k_proj", kv, h, "attention", ab, t)
         yield from _linear(f"{b}.self_attn.v_proj", kv, h, "attention", ab, t)
-        yield from _linear(f"{b}.self_attn.o_proj", h, h, "attention", ab, t)
+        yield from _linear(f"{b}.self_attn.o_proj", h, q, "attention", ab, t)
         yield TensorSpec(f"{b}.post_attention_layernorm.weight", (h,), "norm")
         if p.num_local_experts:
             yield from moe_tensors(p, f"{b}.mlp")

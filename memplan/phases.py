@@ -42,6 +42,7 @@ class StepTerms:
     layerwise: bool
     checkpointing: bool
     frozen_non_target: bool = False  # adapters trained alone: embeddings, norms and head frozen
+    tied_gradient: int = 0  # a trainable embedding tied to the head: its gradient's bytes (0: none)
 
 
 def _phase(t: StepTerms, gradients: int, activations: int, temporaries: int) -> dict[str, int]:
@@ -81,6 +82,11 @@ def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
             candidates.append(_phase(t, t.first_gradient, after_loss, head_in + t.first_step_temp))
     else:  # end of backward: every gradient; only the batch is left of the activations
         candidates.append(_phase(t, t.gradients, a.inputs, 0))
+        if t.tied_gradient:
+            # a tied embedding: the autograd engine holds the head's contribution in its input buffer
+            # until the embedding's backward makes the second one (a dense V x h zeros + index_add),
+            # then adds them out of place: three V x h tensors alive at once (measured, torch 2.13)
+            candidates.append(_phase(t, t.gradients - t.tied_gradient, a.inputs, 3 * t.tied_gradient))
     backward = max(candidates, key=_total)
     if t.layerwise and backward["gradients"] < t.largest_gradient:
         # the largest gradient is alive at some point (for the exact gradient count); its

@@ -57,6 +57,9 @@ class ModelProfile:
     sliding_window: int = 0  # Mistral: attention window; 0: none. Longer sequences are refused (not modelled)
     num_local_experts: int = 0  # Mixtral MoE: experts per block (0: a dense MLP); see memplan/moe.py
     num_experts_per_tok: int = 0  # MoE top-k: experts each token is routed to
+    explicit_head_dim: int = 0  # config.json's `head_dim` when it is not hidden / heads (Mistral-NeMo); 0: none
+    attention_dropout: float = 0.0  # the config's dropout on the attention probabilities
+    hidden_dropout: float = 0.0  # the config's dropout on the residual branches (and embeddings)
     description: str = ""
     source: str = "built-in"
 
@@ -77,14 +80,22 @@ class ModelProfile:
             raise MemplanError(f"Model {self.name!r}: num_experts_per_tok ({self.num_experts_per_tok}) must be "
                                f"between 1 and num_local_experts ({self.num_local_experts}) for a MoE model, "
                                "and both 0 for a dense one.")
-        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.num_key_value_heads:
+        if self.explicit_head_dim:
+            limits.check_int(self.explicit_head_dim, L.HIDDEN, f"Model {self.name!r}: head_dim")
+        if (self.hidden_size % self.num_attention_heads and not self.explicit_head_dim) \
+                or self.num_attention_heads % self.num_key_value_heads:
             raise MemplanError(f"Model {self.name!r}: hidden_size {self.hidden_size} must be divisible by "
                                f"num_attention_heads {self.num_attention_heads}, itself a multiple of "
                                f"num_key_value_heads {self.num_key_value_heads}.")
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.explicit_head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def q_dim(self) -> int:
+        """Width of q and of the attention output: heads x head_dim (== hidden unless head_dim is explicit)."""
+        return self.num_attention_heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
@@ -255,6 +266,7 @@ def model_from_config(cfg: dict, name: str, where: str, description: str = "") -
             tie_word_embeddings=r.flag("tie_word_embeddings", True), attention_bias=True, mlp_bias=True,
         )
         common["num_key_value_heads"] = common["num_attention_heads"]
+        common.update(_dropouts(cfg, where, "attn_pdrop", "resid_pdrop", 0.1))
     else:
         h = r.integer("hidden_size", L.HIDDEN)
         heads = r.integer("num_attention_heads", L.HEADS)
@@ -272,20 +284,29 @@ def model_from_config(cfg: dict, name: str, where: str, description: str = "") -
                 rms_norm_eps=r.number("rms_norm_eps", L.EPS, 1e-6),
                 rope_theta=r.number("rope_theta", L.ROPE_THETA, 10000.0),
                 sliding_window=r.integer("sliding_window", L.POSITIONS, default=0),
+                **_dropouts(cfg, where, "attention_dropout", None, 0.0),
             )
+            if r.has("head_dim") and r.integer("head_dim", L.HIDDEN) * heads != h:
+                # Mistral-NeMo style: q and the attention output are heads x head_dim wide, not hidden
+                common["explicit_head_dim"] = r.integer("head_dim", L.HIDDEN)
             if mtype in MOE_TYPES:
                 common.update(_moe_fields(r))
         elif family == "bert":
             common.update(tie_word_embeddings=r.flag("tie_word_embeddings", True), attention_bias=True,
-                          mlp_bias=True, type_vocab_size=r.integer("type_vocab_size", L.TYPE_VOCAB, default=2))
+                          mlp_bias=True, type_vocab_size=r.integer("type_vocab_size", L.TYPE_VOCAB, default=2),
+                          **_dropouts(cfg, where, "attention_probs_dropout_prob", "hidden_dropout_prob", 0.1))
         else:  # opt
             bias = r.flag("enable_bias", True)
             common.update(tie_word_embeddings=r.flag("tie_word_embeddings", True), attention_bias=bias,
-                          mlp_bias=bias, word_embed_proj_dim=r.integer("word_embed_proj_dim", L.HIDDEN, default=h))
+                          mlp_bias=bias, word_embed_proj_dim=r.integer("word_embed_proj_dim", L.HIDDEN, default=h),
+                          attention_dropout=_prob(cfg, "attention_dropout", where, 0.0),
+                          hidden_dropout=_prob(cfg, "dropout", where, 0.1))
     vocab = r.integer("vocab_size", L.VOCAB)
-    if r.has("head_dim") and r.integer("head_dim", L.HIDDEN) * common["num_attention_heads"] != common["hidden_size"]:
-        r.refuse("head_dim", "a head width other than hidden_size / num_attention_heads is not modelled.")
-    if common["hidden_size"] % common["num_attention_heads"]:
+    if family != "llama" and r.has("head_dim") and \
+            r.integer("head_dim", L.HIDDEN) * common["num_attention_heads"] != common["hidden_size"]:
+        r.refuse("head_dim", "a head width other than hidden_size / num_attention_heads is modelled for "
+                             "LLaMA-style decoders only.")
+    if common["hidden_size"] % common["num_attention_heads"] and not common.get("explicit_head_dim"):
         raise MemplanError(f"{where}: hidden size {common['hidden_size']} is not divisible by the number of "
                            f"attention heads {common['num_attention_heads']}.")
     if common["num_attention_heads"] % common["num_key_value_heads"]:
@@ -309,6 +330,23 @@ def _moe_fields(r: _Reader) -> dict:
         r.refuse("output_router_logits", "the auxiliary load-balancing loss (router logits of every layer kept "
                                          "until the loss) is not modelled; set it to false.")
     return dict(num_local_experts=experts, num_experts_per_tok=top_k)
+
+
+def _prob(cfg: dict, key: str, where: str, default: float) -> float:
+    """A dropout probability from config.json; absent: the Hugging Face class's default."""
+    val = cfg.get(key, default)
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 <= val < 1:
+        raise MemplanError(f"{where}: key '{key}' must be a dropout probability in [0, 1), got {val!r}.")
+    return float(val)
+
+
+def _dropouts(cfg: dict, where: str, attn_key: str, hidden_key: str | None, default: float) -> dict:
+    """attention_dropout / hidden_dropout from the family's keys (GPT-2: attn_pdrop, resid_pdrop;
+    BERT: attention_probs_dropout_prob, hidden_dropout_prob; LLaMA: attention_dropout only)."""
+    out = {"attention_dropout": _prob(cfg, attn_key, where, default)}
+    if hidden_key is not None:
+        out["hidden_dropout"] = _prob(cfg, hidden_key, where, default)
+    return out
 
 
 def _read_json(path, where: str) -> dict:

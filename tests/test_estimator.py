@@ -130,6 +130,8 @@ PROFILE_COUNTS = {
     "roberta-large": 355_412_057,
     "opt-13b": 12_853_473_280,
     "mixtral-8x7b": 46_702_792_704,  # MixtralForCausalLM: 8 experts per block, all counted
+    "opt-1.3b": 1_315_758_080,  # OPTForCausalLM (HF class count, measured)
+    "gpt2": 124_439_808,  # GPT2LMHeadModel, head tied
 }
 
 

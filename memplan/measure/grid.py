@@ -4,7 +4,11 @@
 CPU's bf16 matmuls are ~50x slower than fp32), llama-1b and llama-7b under
 FakeTensorMode in bf16 (the GaLore recipes' precision); every method; layer-wise
 on and off; checkpointing on and off (see ``_SMALL`` for which model gets which).
-``full`` runs every combination on every model.
+``full`` runs every combination on every model. Both also measure the Hugging Face class
+of every family memplan estimates (``_FAMILIES``: LLaMA, Llama-3, Mistral, GPT-2, OPT,
+RoBERTa) at activation-heavy points (batch x seq 4 x 1024, fake; RoBERTa 4 x 512, its
+longest), with SDPA and eager attention, with the config's dropout and without
+(``families`` runs these alone).
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from memplan.measure.validate import EXACT, ValidateConfig, validate
 ALL_METHODS = ("adamw", "sgd", "adafactor", "adam8bit", "lora", "relora", "lowrank", "galore", "galore8bit",
                "golore", "sumo", "gradnormlorp", "gradnormlorp8bit")
 RANKS = {"llama-60m": 128, "llama-130m": 256, "llama-350m": 256, "llama-1b": 512, "llama-3b": 512,
-         "llama-7b": 1024, "llama-13b": 1024}
+         "llama-7b": 1024, "llama-13b": 1024, "gpt2": 16, "opt-1.3b": 16, "roberta-base": 16, "mistral-7b": 16,
+         "llama3-8b": 16}
 
 ON_OFF = ((False, False), (False, True), (True, False), (True, True))  # (layerwise, checkpointing)
 PLAIN = ((False, False), (True, True))
@@ -59,10 +64,41 @@ _IMPLS = [
 ]
 
 
+# Hugging Face classes, fake, bf16: (model, batch, seq, method:impl pairs, settings). Each settings
+# dict is ValidateConfig fields; the dropouts not named are the model config's.
+SDPA, EAGER = {"attn": "sdpa"}, {"attn": "eager"}
+NO_DROPOUT = {"attn_dropout": 0.0, "hidden_dropout": 0.0}
+_FAMILIES = [
+    ("llama-1b", 4, 1024, ("adamw:torch-forloop",),
+     (SDPA, EAGER, {**SDPA, "attn_dropout": 0.1}, {**EAGER, "attn_dropout": 0.1})),
+    ("llama-1b", 4, 512, ("lora:peft",), (SDPA, {**SDPA, "lora_dropout": 0.05}, {**EAGER, "lora_dropout": 0.05})),
+    ("gpt2", 4, 1024, ("adamw:torch-forloop",), (SDPA, EAGER, {**SDPA, **NO_DROPOUT}, {**EAGER, **NO_DROPOUT})),
+    ("gpt2", 4, 1024, ("lora:peft",), ({**SDPA, "lora_dropout": 0.05},)),
+    ("opt-1.3b", 4, 1024, ("adamw:torch-forloop",), (SDPA, EAGER)),
+    ("opt-1.3b", 4, 512, ("lora:peft",), (SDPA, {**SDPA, "lora_dropout": 0.05})),
+    ("roberta-base", 4, 512, ("adamw:torch-forloop",), (SDPA, EAGER, {**SDPA, "attn_dropout": 0.0})),
+    ("mistral-7b", 4, 512, ("lora:peft",), (SDPA,)),
+    ("llama3-8b", 4, 512, ("lora:peft",), (SDPA,)),
+]
+
+
+def family_points(methods=None) -> list[ValidateConfig]:
+    """The Hugging Face class points of every family (``_FAMILIES``)."""
+    out = []
+    for model, b, s, pairs, settings in _FAMILIES:
+        for pair, extra in itertools.product(pairs, settings):
+            if methods and pair.partition(":")[0] not in methods:
+                continue
+            out.append(ValidateConfig(**{"model": model, "rank": RANKS[model], "batch_size": b, "seq_len": s,
+                                         "device": "fake", **_pair(pair), "implementation": "hf", **extra}))
+    return out
+
+
 def _pair(spec: str) -> dict:
-    """'method', 'method:impl' or 'method:impl@knob=value' as ValidateConfig fields."""
+    """'method', 'method:impl' or 'method:impl@knob=value' as ValidateConfig fields (a bare method:
+    the bundled model and optimizers)."""
     method, _, rest = spec.partition(":")
-    out = {"method": method}
+    out = {"method": method, "implementation": "bundled"}
     if rest:
         impl, _, knob = rest.partition("@")
         out.update(impl=impl, implementation="hf")
@@ -73,15 +109,17 @@ def _pair(spec: str) -> dict:
 
 
 def grid(name: str, methods=None) -> list[ValidateConfig]:
-    rows = {"small": _SMALL + _IMPLS, "full": _FULL + _IMPLS, "ci": _CI, "impls": _IMPLS}.get(name)
+    rows = {"small": _SMALL + _IMPLS, "full": _FULL + _IMPLS, "ci": _CI, "impls": _IMPLS, "families": []}.get(name)
     if rows is None:
-        raise ValueError(f"Unknown grid {name!r}; expected 'small', 'full', 'impls' or 'ci'")
+        raise ValueError(f"Unknown grid {name!r}; expected 'small', 'full', 'impls', 'families' or 'ci'")
     out = []
     for model, device, prec, b, s, ms, combos in rows:
         for method, (lw, ckpt) in itertools.product(methods or ms, combos):
             out.append(ValidateConfig(**{"model": model, "rank": RANKS[model], "precision": prec, "batch_size": b,
                                          "seq_len": s, "layerwise": lw, "checkpointing": ckpt, "device": device,
                                          **_pair(method)}))
+    if name in ("small", "full", "families"):
+        out += family_points(methods)
     return out
 
 

@@ -93,11 +93,11 @@ def _fake_qmaps(opt_cls):
     return type(opt_cls.__name__, (opt_cls,), {"fill_qmap": fill_qmap})
 
 
-def apply_peft_lora(model, rank: int, target_modules, train_non_target: bool = False):
-    """peft LoRA on `model` (lora_alpha = 2 r, dropout 0, adapters in fp32 under a bf16 base as peft
-    casts them); returns the PeftModel."""
+def apply_peft_lora(model, rank: int, target_modules, train_non_target: bool = False, lora_dropout: float = 0.0):
+    """peft LoRA on `model` (lora_alpha = 2 r, adapters in fp32 under a bf16 base as peft casts them);
+    returns the PeftModel."""
     from peft import LoraConfig, get_peft_model
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(target_modules))
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=lora_dropout, target_modules=list(target_modules))
     with _adapters_created_in_fp32() if _is_fake(model) else contextlib.nullcontext():
         model = get_peft_model(model, cfg)
     if train_non_target:

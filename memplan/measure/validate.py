@@ -40,18 +40,26 @@ class ValidateConfig:
     layerwise: bool = False
     checkpointing: bool = False
     device: str = "cpu"  # cpu | fake | cuda
-    implementation: str = "bundled"  # bundled | hf (transformers' LlamaForCausalLM)
+    implementation: str = "auto"  # hf (the family's transformers class) | bundled (memplan's LLaMA) | auto
     target_modules: tuple[str, ...] | None = None
     seed: int = 0
     impl: str | None = None  # optimizer implementation (memplan.impls); None: the bundled optimizers
     momentum: float | None = None  # SGD momentum (None: 0.9 for the bundled build, else torch's 0)
     beta1: float | str | None = None  # Adafactor beta1 (None: the implementation's default)
+    attn: str = "sdpa"  # sdpa | eager (the HF model's attention implementation)
+    attn_dropout: float | None = None  # None: the model config's
+    hidden_dropout: float | None = None  # None: the model config's
+    lora_dropout: float = 0.0
 
     def __post_init__(self):
         if self.device not in DEVICES:
             raise ValueError(f"Unknown device {self.device!r}; expected one of {', '.join(DEVICES)}")
+        if self.implementation == "auto":
+            self.implementation = default_implementation(self.model)
         if self.implementation not in ("bundled", "hf"):
             raise ValueError(f"Unknown implementation {self.implementation!r}; expected 'bundled' or 'hf'")
+        if self.implementation == "bundled":
+            check_bundled(self)
 
     @property
     def resolved_impl(self) -> str:
@@ -71,7 +79,11 @@ class ValidateConfig:
         opts = dict(update_gap=UPDATE_GAP, precision=self.precision, batch_size=self.batch_size,
                     seq_len=self.seq_len, layerwise=self.layerwise, checkpointing=self.checkpointing,
                     target_modules=self.target_modules, impl=self.resolved_impl,
-                    momentum=self.resolved_momentum, beta1=self.beta1)
+                    momentum=self.resolved_momentum, beta1=self.beta1, attn=self.attn,
+                    attn_dropout=self.attn_dropout, hidden_dropout=self.hidden_dropout,
+                    lora_dropout=self.lora_dropout, kernels="cuda" if self.device == "cuda" else "cpu")
+        if self.implementation == "bundled":  # memplan's LLaMA: SDPA, no dropout
+            opts.update(attn="sdpa", attn_dropout=0.0, hidden_dropout=0.0)
         if get_method(self.method).uses_rank:
             opts["rank"] = self.rank
         return opts
@@ -106,6 +118,28 @@ class Validation:
 
 
 # --------------------------------------------------------------------------- build
+def default_implementation(model) -> str:
+    """``hf`` where transformers is installed and has the profile's class, else ``bundled``."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return "bundled"
+    from memplan.models.hf import hf_class_name
+    return "hf" if hf_class_name(_profile(model)) else "bundled"
+
+
+def check_bundled(cfg) -> None:
+    """The bundled model is a LLaMA decoder with SDPA and no dropout: refuse anything else
+    (measuring it for another family would report a false error)."""
+    p = _profile(cfg.model)
+    if p.family != "llama":
+        raise ValueError(f"The bundled model is LLaMA-style; {p.name} is a {p.model_type} model. "
+                         "Measure it with the Hugging Face class (--hf, needs transformers).")
+    if cfg.attn != "sdpa" or cfg.attn_dropout or cfg.hidden_dropout:
+        raise ValueError("The bundled model has SDPA attention and no dropout; use --hf for --attn eager "
+                         "or dropout.")
+
+
 _DTYPE = {"bf16": torch.bfloat16, "mixed": torch.float32, "fp32": torch.float32}
 
 
@@ -126,7 +160,9 @@ def build(cfg: ValidateConfig):
     torch.manual_seed(cfg.seed)
     if cfg.implementation == "hf":
         from memplan.models.hf import build_hf_model
-        model = build_hf_model(profile, dtype=dtype, device=device, checkpointing=cfg.checkpointing)
+        model = build_hf_model(profile, dtype=dtype, device=device, checkpointing=cfg.checkpointing,
+                               attn_implementation=cfg.attn, attn_dropout=cfg.attn_dropout,
+                               hidden_dropout=cfg.hidden_dropout)
     else:
         from memplan.models import build_model
         model = build_model(profile, dtype=dtype, device=device, checkpointing=cfg.checkpointing)
@@ -136,7 +172,7 @@ def build(cfg: ValidateConfig):
     targets = resolve_targets(profile, cfg.target_modules)
     if impl == "peft":
         from memplan.measure.libs import apply_peft_lora
-        model = apply_peft_lora(model, cfg.rank, targets, train_non_target=False)
+        model = apply_peft_lora(model, cfg.rank, targets, train_non_target=False, lora_dropout=cfg.lora_dropout)
     elif method.adapter:
         from memplan.models import apply_lora
         apply_lora(model, cfg.rank, kind=cfg.method, target_modules=targets,
@@ -175,6 +211,7 @@ def measure_config(cfg: ValidateConfig, progress=None, snapshot=None, reserved: 
     import memplan.models  # noqa: F401  (import outside the fake mode: module-level tensors stay real)
     import memplan.optim  # noqa: F401
     mode = _fake_mode() if fake else contextlib.nullcontext()
+    real_masks = _one_sequence_per_row() if fake and cfg.implementation == "hf" else contextlib.nullcontext()
     # one thread on the CPU: MKL's SVD is 4x slower with two threads than with one here
     threads = torch.get_num_threads()
     if cfg.device == "cpu":
@@ -183,7 +220,7 @@ def measure_config(cfg: ValidateConfig, progress=None, snapshot=None, reserved: 
         if snapshot is not None and cfg.device != "cuda":
             raise ValueError("--snapshot needs --device cuda (the snapshot is the CUDA allocator's history)")
         from memplan.measure.snapshot import record
-        with mode, record(snapshot if cfg.device == "cuda" else None):
+        with mode, real_masks, record(snapshot if cfg.device == "cuda" else None):
             return _measure(cfg, progress, reserved)
     finally:
         torch.set_num_threads(threads)
@@ -224,6 +261,25 @@ def _measure(cfg: ValidateConfig, progress, reserved: bool = False) -> dict:
 def _fake_mode():
     from torch._subclasses.fake_tensor import FakeTensorMode
     return FakeTensorMode(allow_non_fake_inputs=False)
+
+
+@contextlib.contextmanager
+def _one_sequence_per_row():
+    """Under FakeTensorMode, transformers cannot read the position ids (``is_tracing`` is true for
+    fake tensors), so ``create_causal_mask`` assumes packed sequences and hands SDPA a (b, 1, s, s)
+    mask that each layer saves. On real tensors it finds one sequence per row and passes no mask
+    (``is_causal``; the flash kernel on CUDA). Answer as real tensors do, for the fake measurement only."""
+    try:
+        import transformers.masking_utils as mu
+    except ImportError:
+        yield
+        return
+    orig = mu.find_packed_sequence_indices
+    mu.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        mu.find_packed_sequence_indices = orig
 
 
 def _cuda_summary(normal, refresh, stepping) -> dict:
