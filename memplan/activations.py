@@ -76,6 +76,7 @@ class Knobs:
     hidden_dropout: bool = False  # dropout on the residual branches / embeddings is on
     lora_dropout: bool = False  # peft's lora_dropout on each adapted linear's input is on
     adapter_bytes: int = 0  # the adapters' own dtype (peft: 4, fp32 under a bf16 model); 0: the compute dtype
+    frozen_other: bool = True  # adapter methods: the linears that are not adapted are frozen
     cuda: bool = True
 
     def mask(self, c: int) -> int:
@@ -178,21 +179,91 @@ def _bert_block(p: ModelProfile, t: int, b: int, s: int, c: int, x: int, k: Knob
     return attn + norms + mlp + drop
 
 
-def _adapters(t: int, c: int, k: Knobs, rank: int, inputs: tuple[int, ...]) -> int:
-    """What the LoRA / low-rank adapters of one block add (``inputs``: each adapted linear's
-    input width). A x (t x r) is saved for B's backward; peft (0.21 LoRA Linear.forward) first casts
-    the input to the adapters' dtype (a copy per adapted linear when it differs) and, with
-    lora_dropout, saves the dropout's output (and mask) instead of sharing the input."""
-    if not inputs:
+# Each adapted linear's input, by family: (the module path ending, the tensor it reads and that
+# tensor's width: "h" hidden, "q" heads x head_dim, "i" MLP). The attention output is also saved by
+# SDPA's flash / memory-efficient kernels (not by eager attention's output copy, nor by the CPU's
+# math path), and ReLU saves its own output (OPT's fc2 input).
+_LINEAR_INPUTS = {
+    "llama": (("q_proj", "attn_in", "h"), ("k_proj", "attn_in", "h"), ("v_proj", "attn_in", "h"),
+              ("o_proj", "attn_out", "q"), ("gate_proj", "mlp_in", "h"), ("up_proj", "mlp_in", "h"),
+              ("down_proj", "mlp_mid", "i")),
+    "gpt2": (("attn.c_attn", "attn_in", "h"), ("attn.c_proj", "attn_out", "q"), ("mlp.c_fc", "mlp_in", "h"),
+             ("mlp.c_proj", "mlp_mid", "i")),
+    "opt": (("q_proj", "attn_in", "h"), ("k_proj", "attn_in", "h"), ("v_proj", "attn_in", "h"),
+            ("out_proj", "attn_out", "q"), ("fc1", "mlp_in", "h"), ("fc2", "mlp_mid", None)),
+    "bert": (("query", "attn_in", "h"), ("key", "attn_in", "h"), ("value", "attn_in", "h"),
+             ("attention.output.dense", "attn_out", "q"), ("intermediate.dense", "mlp_in", "h"),
+             ("output.dense", "mlp_mid", "i")),
+}
+
+
+def _input_of(family: str, name: str):
+    for suffix, tensor, width in _LINEAR_INPUTS[family]:
+        if name.endswith("." + suffix) or name == suffix:
+            return tensor, width
+    return None, None
+
+
+def _adapters(p: ModelProfile, t: int, c: int, k: Knobs, rank: int, adapted: tuple[tuple[str, int], ...]) -> int:
+    """What the LoRA / low-rank adapters of one block change (``adapted``: each adapted linear's
+    module path and input width). A x (t x r) is saved for B's backward, in the adapters' dtype.
+
+    peft 0.21 (LoRA ``Linear.forward``: ``lora_B(lora_A(dropout(x.to(A.dtype))))``) gives lora_A its
+    own input when the adapters' dtype differs from the model's (fp32 adapters under bf16: an fp32
+    copy per adapted linear) or with lora_dropout (the dropout's output and mask). The frozen base
+    linear saves nothing then, so a model tensor read only by adapted (or frozen) linears is no longer
+    saved: the norm outputs read by q/k/v and by gate/up, and the down projection's input.
+    """
+    if not adapted:
         return 0
     a = k.adapter_bytes or c
-    total = len(inputs) * a * t * rank
-    for n in inputs:
+    total = len(adapted) * a * t * rank
+    own_input = a != c or k.lora_dropout
+    if not own_input:
+        return total  # lora_A shares the linear's input (saved by the block already)
+    for _, n in adapted:
+        total += a * t * n  # the cast copy, or the dropout's output
         if k.lora_dropout:
-            total += a * t * n + k.mask(a) * t * n
-        elif a != c:
-            total += a * t * n
+            total += k.mask(a) * t * n
+    adapted_names = {name for name, _ in adapted}
+    widths = {"h": p.hidden_size, "q": p.q_dim, "i": p.intermediate_size}
+    kernel_keeps_output = k.attn == "sdpa" and not (k.attn_dropout and not k.cuda)
+    released = set()
+    for suffix, tensor, width in _LINEAR_INPUTS[p.family]:
+        if tensor in released or (tensor == "mlp_mid" and p.hidden_act == "relu") or \
+                (tensor == "attn_out" and kernel_keeps_output):
+            continue
+        readers = [s for s, tn, _ in _LINEAR_INPUTS[p.family] if tn == tensor]
+        if all(any(_input_of(p.family, n)[0] == tensor and n.endswith(r) for n in adapted_names) or k.frozen_other
+               for r in readers):
+            released.add(tensor)
+            total -= c * t * widths[width]
     return total
+
+
+def _frozen_embeddings(p: ModelProfile, t: int, seq: int, c: int, k: Knobs) -> int:
+    """What is not saved when the embeddings (and norms) are frozen: nothing before the first block
+    needs a gradient, so the first norm saves nothing (LLaMA: its fp32 input and rsqrt; LayerNorm:
+    its input and stats), the position / token-type ids are not kept by their frozen embeddings, and
+    the embedding dropout keeps no mask. BERT / RoBERTa: everything the embeddings keep."""
+    h = p.hidden_size
+    if p.family == "llama":
+        return 4 * t * h + 4 * t
+    mask = k.mask(c) * t * h if k.hidden_dropout else 0
+    if p.family == "bert":
+        ids = 16 * t if p.model_type != "bert" else 8 * t
+        return ids + 2 * c * t * h + k.ln_stats(t, c) + mask
+    ids = 8 * seq if p.family == "gpt2" else 8 * t
+    return c * t * h + k.ln_stats(t, c) + ids + (mask if p.family == "gpt2" else 0)
+
+
+def _first_block_masks(p: ModelProfile, t: int, k: Knobs, adapted: tuple[tuple[str, int], ...]) -> int:
+    """With frozen embeddings and norms the first block's attention input needs no gradient, so the
+    lora_dropout of the linears reading it saves no mask there (peft)."""
+    if not adapted or not k.lora_dropout:
+        return 0
+    a = k.adapter_bytes or 2
+    return sum(k.mask(a) * t * n for name, n in adapted if _input_of(p.family, name)[0] == "attn_in")
 
 
 _BLOCKS = {"llama": _llama_block, "bert": _bert_block, "opt": _gpt2_block, "gpt2": _gpt2_block}
@@ -233,15 +304,15 @@ def _outside(p: ModelProfile, t: int, seq: int, c: int, x: int, k: Knobs) -> int
 
 
 def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_rank: int,
-                adapter_inputs: tuple[int, ...] = (), knobs: Knobs = Knobs()) -> Activations:
+                adapter_inputs: tuple[tuple[str, int], ...] = (), knobs: Knobs = Knobs()) -> Activations:
     """Activation terms for one micro-batch of `batch` x `seq` tokens.
 
-    ``adapter_inputs``: the input width of each adapted linear of one block (LoRA / low-rank).
+    ``adapter_inputs``: (module path, input width) of each adapted linear of one block (LoRA / low-rank).
     """
     t = batch * seq
     h, V = p.hidden_size, p.vocab_size
     k = knobs
-    block = _BLOCKS[p.family](p, t, batch, seq, c, x, k) + _adapters(t, c, k, adapter_rank, adapter_inputs)
+    block = _BLOCKS[p.family](p, t, batch, seq, c, x, k) + _adapters(p, t, c, k, adapter_rank, adapter_inputs)
     if p.num_local_experts:  # a mixture of experts replaces the dense MLP: memplan/moe.py
         from memplan.moe import moe_block_delta
 
@@ -258,7 +329,7 @@ def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_r
         # transformers' ForCausalLMLoss: logits.float(), then cross-entropy. While it runs: the
         # logits and, in bf16 / mixed, their fp32 upcast; log_softmax's fp32 output is saved
         fwd_transient, loss_saved = logits + (4 * t * V if c != 4 else 0), 4 * t * V
-    first_norm = 4 * t * h + 4 * t if rms else 0
+    first_norm = _frozen_embeddings(p, t, seq, c, k) + _first_block_masks(p, t, k, adapter_inputs)
     frozen_norm = c * t * h if rms else 0
     return Activations(block, x * t * h, outside, inputs, logits, loss_saved, fwd_transient, logits,
                        c * t * h, frozen_norm, first_norm, p.num_hidden_layers)

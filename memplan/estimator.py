@@ -202,12 +202,12 @@ def _check_model_knobs(c: TrainingConfig) -> None:
                                f"Use --{name.replace('_', '-')} 0.1 (0: no dropout).")
 
 
-def knobs_of(c: TrainingConfig, adapter_bytes: int = 0) -> Knobs:
+def knobs_of(c: TrainingConfig, adapter_bytes: int = 0, frozen_other: bool = True) -> Knobs:
     """The model settings in effect (dropouts resolved from the model config when not given)."""
     ad = c.model.attention_dropout if c.attn_dropout is None else c.attn_dropout
     hd = c.model.hidden_dropout if c.hidden_dropout is None else c.hidden_dropout
     return Knobs(attn=c.attn, attn_dropout=ad > 0, hidden_dropout=hd > 0, lora_dropout=c.lora_dropout > 0,
-                 adapter_bytes=adapter_bytes, cuda=c.kernels == "cuda")
+                 adapter_bytes=adapter_bytes, frozen_other=frozen_other, cuda=c.kernels == "cuda")
 
 
 def _smallest_projected_dim(model: ModelProfile, targets) -> int:
@@ -272,9 +272,9 @@ def _sequence_temps(impl, order, r: int, grad_bytes: int, kn) -> tuple[int, int]
 
 
 @lru_cache(maxsize=512)
-def _adapted_inputs(model: ModelProfile, targets) -> tuple[int, ...]:
-    """The input width of each adapted linear in one block (GPT-2's Conv1D stores (in, out))."""
-    return tuple((s.shape[0] if model.family == "gpt2" else s.shape[1])
+def _adapted_inputs(model: ModelProfile, targets) -> tuple[tuple[str, int], ...]:
+    """(module path, input width) of each adapted linear in one block (GPT-2's Conv1D stores (in, out))."""
+    return tuple((s.name[: -len(".weight")], s.shape[0] if model.family == "gpt2" else s.shape[1])
                  for s, _ in shape_groups(model, targets) if s.projected)
 
 
@@ -476,7 +476,7 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
 
     adapted = _adapted_inputs(c.model, targets) if method.adapter else ()
     acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapted,
-                       knobs_of(c, impl.adapter_bytes or 0))
+                       knobs_of(c, impl.adapter_bytes or 0, frozen_other=not train_other))
     if c.loss == "fused-chunked":
         from memplan.loss import fused_chunked
 

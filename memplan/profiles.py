@@ -275,7 +275,7 @@ def model_from_config(cfg: dict, name: str, where: str, description: str = "") -
             num_attention_heads=heads, num_key_value_heads=r.integer("num_key_value_heads", L.HEADS, default=heads),
             num_hidden_layers=r.integer("num_hidden_layers", L.LAYERS),
             max_position_embeddings=r.integer("max_position_embeddings", L.POSITIONS, default=2048),
-            hidden_act=r.text("hidden_act", r.text("activation_function", "silu")),
+            hidden_act=r.text("hidden_act", r.text("activation_function", _DEFAULT_ACT[family])),
         )
         if family == "llama":
             common.update(
@@ -330,6 +330,10 @@ def _moe_fields(r: _Reader) -> dict:
         r.refuse("output_router_logits", "the auxiliary load-balancing loss (router logits of every layer kept "
                                          "until the loss) is not modelled; set it to false.")
     return dict(num_local_experts=experts, num_experts_per_tok=top_k)
+
+
+# the Hugging Face config classes' default activation per family (OPTConfig: relu; BertConfig: gelu)
+_DEFAULT_ACT = {"llama": "silu", "opt": "relu", "bert": "gelu"}
 
 
 def _prob(cfg: dict, key: str, where: str, default: float) -> float:

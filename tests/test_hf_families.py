@@ -103,3 +103,52 @@ def test_cli_options_and_header():
     assert r.exit_code == 2 and r.output.startswith("Error: attn_dropout must be a probability")
     r = CliRunner().invoke(cli, ["validate", "--model", "roberta-base", "--bundled", "--device", "fake"])
     assert r.exit_code == 2 and r.output.strip().splitlines()[-1].startswith("Error: The bundled model is LLaMA")
+
+
+def _peft_saved(family, lora_dropout, attn):
+    """Saved activations of a peft LoRA step (fp32 adapters under a bf16 model) under FakeTensorMode."""
+    peft = pytest.importorskip("peft")
+    import transformers.masking_utils as mu
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from memplan.measure.step import measure_step
+    from memplan.models.hf import build_hf_model
+    from memplan.inventory import resolve_targets
+    p = memplan.load_model(str(HF / FAMILIES[family]))
+    targets = list(resolve_targets(p, None))
+    orig_packed, orig_to, old = mu.find_packed_sequence_indices, torch.nn.Module.to, torch.get_default_dtype()
+    mu.find_packed_sequence_indices = lambda position_ids: None  # as on real tensors (see validate.py)
+    try:
+        with FakeTensorMode():
+            m = build_hf_model(p, attn_implementation=attn)
+            # fake tensors cannot be swapped by Module.to: peft's adapters are made in fp32 and stay
+            # there, the dtype peft gives them under a bf16 base (autocast_adapter_dtype)
+            torch.nn.Module.to = lambda self, *a, **k: self
+            torch.set_default_dtype(torch.float32)
+            m = peft.get_peft_model(m, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=lora_dropout,
+                                                       target_modules=targets))
+            torch.nn.Module.to = orig_to
+            torch.set_default_dtype(old)
+            assert {q.dtype for n, q in m.named_parameters() if "lora_" in n} == {torch.float32}
+            m.train()
+            opt = torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], foreach=False)
+            ids = torch.randint(0, p.vocab_size, (2, 24))
+            measure_step(m, opt, {"input_ids": ids, "labels": ids.clone()})
+            saved = measure_step(m, opt, {"input_ids": ids, "labels": ids.clone()}).saved
+    finally:
+        mu.find_packed_sequence_indices, torch.nn.Module.to = orig_packed, orig_to
+        torch.set_default_dtype(old)
+    est = memplan.estimate(p, "lora", impl="peft", rank=4, batch_size=2, seq_len=24, attn=attn,
+                           lora_dropout=lora_dropout, kernels="cpu")
+    return saved, est
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "roberta"])
+@pytest.mark.parametrize("lora_dropout,attn", [(0.0, "sdpa"), (0.05, "sdpa"), (0.05, "eager")])
+def test_peft_lora_activations(family, lora_dropout, attn):
+    # peft gives lora_A an fp32 copy of each adapted input (and, with lora_dropout, the dropout's
+    # output and mask); the frozen base keeps nothing, so the norm outputs that only adapted linears
+    # read are no longer saved
+    saved, est = _peft_saved(family, lora_dropout, attn)
+    acts = est.phases["forward"]["activations"]
+    assert acts == saved, (acts, saved)
