@@ -77,7 +77,7 @@ FILES: dict[str, bytes] = {
     "mixtral_topk.json": _j(MIXTRAL, num_experts_per_tok=9),
     "mixtral_jitter.json": _j(MIXTRAL, router_jitter_noise=0.1),
     "mixtral_aux_loss.json": _j(MIXTRAL, output_router_logits=True),
-    "head_dim.json": _j(LLAMA, head_dim=256),
+    "head_dim.json": _j(BERT, head_dim=256),  # LLaMA-style configs model it (Mistral-NeMo); others refuse
     "bert_relative.json": _j(BERT, position_embedding_type="relative_key"),
     "model_type_number.json": _j(LLAMA, model_type=12),
     "t5.json": _j({"model_type": "t5", "d_model": 512}),
