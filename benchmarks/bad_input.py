@@ -45,6 +45,21 @@ def gzip_bomb(path: Path) -> None:
 HEAVY = [("snapshot: gzip bomb (1.5 MB -> 1.5 GiB)", "bomb.pickle.gz", gzip_bomb, 2)]
 
 
+def deepest(path: Path) -> None:
+    """The deepest and widest config the bounds allow (1,024 layers): answered, so it must be fast too."""
+    cfg = json.loads((ROOT / "profiles" / "models" / "llama-7b.json").read_text())
+    cfg.update(num_hidden_layers=1024, hidden_size=16384, intermediate_size=53248, num_attention_heads=128,
+               num_key_value_heads=8, vocab_size=256000)
+    path.write_text(json.dumps(cfg))
+
+
+# the largest inputs the bounds allow: every command answers them (exit 0 or 3) within the bound
+ALLOWED = [(f"allowed extreme: {cmd[0]} on 1,024 layers", cmd) for cmd in (
+    ["estimate", "--model", "{f}", "--method", "galore"], ["compare", "--model", "{f}"],
+    ["fit", "--model", "{f}", "--gpu", "h200"], ["plan", "--model", "{f}", "--method", "galore8bit"],
+    ["advise", "--model", "{f}", "--gpu", "h200"])]
+
+
 def run_process(args: list[str]) -> tuple[int, float, float, float]:
     """(exit code, wall seconds, CPU seconds, peak RSS in MiB) of `python -m memplan.cli.main args` on its own."""
     t0 = time.perf_counter()
@@ -104,6 +119,15 @@ def main() -> int:
                          "expected_exit_code": case.code, "process_seconds": round(wall, 3),
                          "process_cpu_seconds": round(cpu, 3),
                          "process_peak_rss_mib": round(rss, 1), "inprocess_seconds": round(run_inprocess(args), 4)})
+        deep = Path(folder) / "deepest.json"
+        deepest(deep)
+        for name, cmd in ALLOWED:
+            args = [a.replace("{f}", str(deep)) for a in cmd]
+            code, wall, cpu, rss = run_process(args)
+            rows.append({"kind": "cli", "name": name, "args": " ".join(cmd), "exit_code": code,
+                         "expected_exit_code": code if code in (0, 3) else 0, "process_seconds": round(wall, 3),
+                         "process_cpu_seconds": round(cpu, 3), "process_peak_rss_mib": round(rss, 1),
+                         "inprocess_seconds": round(run_inprocess(args), 4)})
         for name, file, make, expected in HEAVY:  # process only: measured, not run by the tests
             make(Path(folder) / file)
             code, wall, cpu, rss = run_process(["snapshot", str(Path(folder) / file)])
@@ -138,6 +162,9 @@ def main() -> int:
                           and slow_cli["inprocess_seconds"] <= LIMIT_SECONDS
                           and slow_app["run_seconds"] <= LIMIT_SECONDS
                           and big_app["python_peak_mib"] <= LIMIT_MIB),
+        "over_bound": [r["name"] for r in cli_rows if r["process_cpu_seconds"] > LIMIT_SECONDS
+                       or r["process_peak_rss_mib"] > LIMIT_MIB]
+        + [r["name"] for r in app_rows if r["run_seconds"] > LIMIT_SECONDS or r["python_peak_mib"] > LIMIT_MIB],
         "limits": {"seconds": LIMIT_SECONDS, "mib": LIMIT_MIB},
         "machine": f"{platform.machine()} {platform.python_version()}, {os.cpu_count()} CPUs (shared)",
         "load_average_1min": round(os.getloadavg()[0], 1),

@@ -19,7 +19,7 @@ from memplan import limits
 from memplan import offload
 from memplan.activations import Knobs, activations
 from memplan.errors import MemplanError
-from memplan.inventory import _inventory, resolve_targets, shape_groups
+from memplan.inventory import block_order, resolve_targets, shape_groups
 from memplan.methods import METHODS, Method, Shape, get_method
 from memplan.phases import StepTerms, compose
 from memplan.profiles import GPUProfile, ModelProfile, load_gpu, load_model
@@ -246,16 +246,38 @@ def _tensors(model: ModelProfile, targets, method: Method, rank: int, train_othe
 def _step_order(model: ModelProfile, targets, method: Method, rank: int, train_other: bool, regular_first: bool):
     """Trainable tensors as (shape, is_adapter) in the order the optimizer steps them (model order;
     non-projected first when the implementation's recipes group them so)."""
-    out = []
-    for spec in _inventory(model, targets):
-        m, n = (spec.shape[0], spec.shape[1]) if len(spec.shape) == 2 else (spec.numel, 1)
-        if method.adapter and spec.projected:
-            out += [(Shape(rank, n, False), True), (Shape(m, rank, False), True)]
-        elif not method.adapter or train_other:
-            out.append((Shape(m, n, spec.projected), False))
+    def entries(specs):
+        out = []
+        for spec in specs:
+            m, n = (spec.shape[0], spec.shape[1]) if len(spec.shape) == 2 else (spec.numel, 1)
+            if method.adapter and spec.projected:
+                out += [(Shape(rank, n, False), True), (Shape(m, rank, False), True)]
+            elif not method.adapter or train_other:
+                out.append((Shape(m, n, spec.projected), False))
+        return out
+
+    # one block's entries, repeated by reference: no per-layer objects are made (memplan/inventory.py)
+    before, block, after = block_order(model, targets)
+    out = entries(before) + entries(block) * model.num_hidden_layers + entries(after)
     if regular_first:
         out = [x for x in out if not x[0].projected] + [x for x in out if x[0].projected]
-    return tuple(out)
+    return _Order(out)
+
+
+class _Order(tuple):
+    """A step order, hashed by identity: `_step_order` caches it, so `_sequence_temps`'s cache
+    looks it up in O(1) instead of hashing every tensor of a deep model on each estimate."""
+
+    __slots__ = ()
+
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
 
 
 @lru_cache(maxsize=1024)

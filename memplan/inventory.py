@@ -217,6 +217,17 @@ def shape_groups(profile: ModelProfile, targets: tuple[str, ...]) -> tuple[tuple
 
 
 @lru_cache(maxsize=256)
+def block_order(profile: ModelProfile, targets: tuple[str, ...]):
+    """(tensors before the blocks, one block's tensors, tensors after), in model order: the whole
+    model is `before + block * num_hidden_layers + after` (every block has the same tensors)."""
+    specs = [s for s, _ in shape_groups(profile, targets)]
+    first = [i for i, s in enumerate(specs) if _FIRST_BLOCK.search(s.name)]
+    if not first:
+        return tuple(specs), (), ()
+    return tuple(specs[:first[0]]), tuple(specs[first[0]:first[-1] + 1]), tuple(specs[first[-1] + 1:])
+
+
+@lru_cache(maxsize=256)
 def _inventory(profile: ModelProfile, targets: tuple[str, ...]) -> tuple[TensorSpec, ...]:
     return tuple(_BUILDERS[profile.family](profile, targets))
 

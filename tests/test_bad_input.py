@@ -66,7 +66,7 @@ def _profile(**kw):
 
 
 LIBRARY = [
-    ("profile of 10^12 layers", lambda: _profile(num_hidden_layers=10**12), "must be between 1 and 10,000"),
+    ("profile of 10^12 layers", lambda: _profile(num_hidden_layers=10**12), "must be between 1 and 1,024"),
     ("profile with top-k above experts", lambda: _profile(model_type="mixtral", num_local_experts=2,
                                                           num_experts_per_tok=3), "num_experts_per_tok (3)"),
     ("config with a string boolean", lambda: model_from_config(LLAMA, "x", "cfg"), "must be true or false"),
@@ -102,12 +102,12 @@ def test_library_raises_one_memplan_error(name, call, message):
 
 
 def test_parsing_cost_does_not_grow_with_depth():
-    """One entry per distinct tensor of one block: 10,000 layers cost what 1 layer costs."""
-    deep, shallow = _profile(num_hidden_layers=10_000), _profile(num_hidden_layers=1)
+    """One entry per distinct tensor of one block: 1,024 layers cost what 1 layer costs."""
+    deep, shallow = _profile(num_hidden_layers=1024), _profile(num_hidden_layers=1)
     assert len(shape_groups(deep, ())) == len(shape_groups(shallow, ()))
     per_block = sum(s.numel * n for s, n in shape_groups(_profile(num_hidden_layers=2), ())) \
         - sum(s.numel * n for s, n in shape_groups(shallow, ()))
-    assert memplan.parameter_count(deep) == memplan.parameter_count(shallow) + 9_999 * per_block
+    assert memplan.parameter_count(deep) == memplan.parameter_count(shallow) + 1023 * per_block
 
 
 # ---------------------------------------------------------------- the dashboard
@@ -239,3 +239,18 @@ def test_memplan_app_stops_streamlit_on_sigterm(tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_block_order_is_the_model_order():
+    """`before + block * layers + after` is the full inventory, tensor by tensor, for every built-in model."""
+    import importlib
+
+    inv = importlib.import_module("memplan.inventory")
+    for name in memplan.model_names():
+        p = memplan.load_model(name)
+        targets = inv.resolve_targets(p, None)
+        before, block, after = inv.block_order(p, targets)
+        assert [s.name.replace(".0.", ".N.") for s in inv._inventory(p, targets)][:len(before) + len(block)] == \
+            [s.name.replace(".0.", ".N.") for s in before + block], name
+        full = [(s.shape, s.projected, s.role) for s in inv._inventory(p, targets)]
+        assert full == [(s.shape, s.projected, s.role) for s in before + block * p.num_hidden_layers + after], name
