@@ -129,6 +129,15 @@ def test_changing_every_input_updates_the_numbers(at):
     check_estimate_page(at, est, "a100-40gb")
 
 
+def test_implementation_selector_changes_the_estimate(at):
+    set_run(at, model="llama-1b", method="adamw", layerwise=False, checkpointing=False, seq_len=512)
+    set_run(at, impl_adamw="torch-fused")
+    est = memplan.estimate("llama-1b", "adamw", impl="torch-fused", seq_len=512)
+    check_estimate_page(at, est, memplan.app.state.DEFAULTS["gpu"])
+    assert any(c.value.startswith("torch-fused (") for c in at.caption)
+    assert est.device_total_bytes < memplan.estimate("llama-1b", "adamw", seq_len=512).device_total_bytes
+
+
 def test_does_not_fit_verdict_and_shortfall(at):
     set_run(at, model="llama-13b", method="adamw", layerwise=False, checkpointing=False, gpu="a100-80gb")
     est = memplan.estimate("llama-13b", "adamw")
