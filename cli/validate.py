@@ -193,6 +193,13 @@ def _run_one(cfg, snapshot, quiet, reserved=False):
         click.echo("Note: this CPU has no bf16 matrix instructions, so real bf16 steps take minutes here. "
                    "--device fake measures the same bytes in seconds; --precision fp32 runs real steps fast.",
                    err=True)
+    if cfg.device == "cpu" and cfg.resolved_impl == "bitsandbytes" and not quiet:
+        click.echo("Note: on CPU tensors bitsandbytes runs its CPU kernel (fp32 copies of both moments, the "
+                   "gradient and the weight); the estimate models its CUDA kernel, which updates in place. "
+                   "--device fake measures the CUDA kernel's memory (its fake op allocates nothing).", err=True)
+    if cfg.device == "fake" and cfg.resolved_impl == "galore-torch" and cfg.method == "galore8bit":
+        raise CLIError("galore-torch's 8-bit optimizer does not run under fake tensors (bitsandbytes' 32-bit "
+                       "update reads a tensor norm as a Python float); use --device cpu.")
     with tqdm(total=3, desc=f"{cfg.model} {cfg.method} steps", disable=quiet, leave=False) as bar:
         return run(cfg, progress=bar.update, snapshot=snapshot, reserved=reserved).to_dict()
 
