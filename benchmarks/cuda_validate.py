@@ -20,7 +20,11 @@ def main() -> int:
     from memplan.measure.validate import ValidateConfig, validate
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results")
     results = []
+    import torch
     for p in POINTS:
+        # one process runs every point: return the previous point's cached segments first, so that
+        # max_memory_reserved is this point's own (the allocator model replays each from empty)
+        torch.cuda.empty_cache()
         t = time.perf_counter()
         try:
             v = validate(ValidateConfig(device="cuda", **p))

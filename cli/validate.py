@@ -44,7 +44,7 @@ def point_table(v: dict) -> str:
         line = (f"CUDA caching-allocator model ({r['allocations']:,} allocations replayed in {r['seconds']:.1f} s): "
                 f"predicted max_memory_reserved {_mib(r['max_reserved'])} MiB, max_memory_allocated "
                 f"{_mib(r['max_allocated'])} MiB (allocated peak measured {_mib(m['peak_bytes'])} MiB); "
-                f"{r['segments']} segments")
+                f"{r['segments']} segments; on CUDA add the cuBLAS workspaces (2 x 32 MiB on Hopper)")
         if "cuda" in m:
             line += f"; real max reserved {_mib(m['cuda']['max_reserved'])} MiB"
         out.append(line)
