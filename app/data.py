@@ -13,7 +13,6 @@ import streamlit as st
 import memplan
 from memplan import METHODS, MemplanError, ModelProfile
 from memplan.estimator import capacity_bytes
-from memplan.parallel import LAYOUT_NAMES
 from memplan.profiles import load_gpus
 
 RANKS = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -119,7 +118,7 @@ def hardware(model: ModelProfile, method: str, opts: dict, counts: tuple[int, ..
     for p in memplan.plan(model, method, gpu_counts=counts, **opts):
         short = p.gpu.name.replace("NVIDIA ", "").replace("GeForce ", "")
         rows.append({"gpu": p.gpu.id, "name": p.gpu.name, "count": p.num_gpus,
-                     "label": f"{p.num_gpus} × {short}", "layout": p.layout, "layout_name": LAYOUT_NAMES[p.layout],
+                     "label": f"{p.num_gpus} × {short}", "layout": p.layout, "layout_name": p.engine,
                      "required_bytes": p.per_gpu_bytes, "capacity_bytes": p.capacity_bytes,
                      "headroom_bytes": p.headroom_bytes, "max_batch_size": p.max_batch_size,
                      "price_per_hour_usd": p.price_per_hour_usd, "price_purchase_usd": p.price_purchase_usd,

@@ -28,7 +28,7 @@ def render() -> None:
     run = state.inputs()
     st.markdown(f"## Hardware · {run.model.name} · {run.method}")
     st.caption(f"Every GPU profile and GPU count checked against the run in the sidebar (batch {run.batch_size} "
-               "per GPU), with the least-sharded layout that fits (single, DDP, ZeRO-1/2/3). Cheapest per hour "
+               "per GPU), with the least-sharded layout that fits, named by the PyTorch engine that runs it (DDP, DDP + ZeroRedundancyOptimizer, FSDP2; numbers of the worst rank). Cheapest per hour "
                "first; prices are approximate and dated (see `memplan gpus`).")
     counts = st.pills("GPU counts", data.GPU_COUNTS, selection_mode="multi", default=list(data.GPU_COUNTS),
                       key="hw_counts", help="GPUs per run; each runs its own micro-batch.")

@@ -125,8 +125,12 @@ def snapshot_section() -> None:
 
 
 def render() -> None:
+    from memplan.app import validation_dist
+
     st.markdown("## Validation")
     report_section()
+    st.divider()
+    validation_dist.section()
     st.divider()
     snapshot_section()
 

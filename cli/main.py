@@ -19,6 +19,7 @@ import click
 
 from memplan import __version__
 from memplan.cli.common import CONTEXT_SETTINGS, estimate_options, handle_errors, host_ram_bytes, run_estimate
+from memplan.cli.distributed import layout_options
 
 
 class Group(click.Group):
@@ -58,17 +59,21 @@ def cli():
 
 @cli.command()
 @estimate_options
+@layout_options
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON (bytes).")
 @handle_errors
-def estimate(as_json, **opts):
+def estimate(as_json, layout, num_gpus, bucket_view, **opts):
     """Memory of one training step: categories, phases, peak and GPU fit.
 
     \b
     Example:
       memplan estimate --model llama-7b --method golore --rank 128 --gpu rtx-4090
       memplan estimate --model ./my-model/config.json --method galore8bit --layerwise --json
+      memplan estimate --model llama-7b --method adamw --layout fsdp2 --num-gpus 8 --gpu a100-80gb
     """
-    est = run_estimate(opts)
+    from memplan.cli.distributed import apply_layout
+
+    est = apply_layout(run_estimate(opts), layout, num_gpus, bucket_view)
     host_ram = host_ram_bytes(opts)
     if as_json:
         d = est.to_dict()
@@ -77,9 +82,10 @@ def estimate(as_json, **opts):
                              "host_fits": est.host_bytes <= host_ram}
         click.echo(json.dumps(d, indent=2))
     else:
+        from memplan.cli.distributed import with_layout_line
         from memplan.cli.tables import estimate_table
 
-        click.echo(estimate_table(est, host_ram))
+        click.echo(with_layout_line(estimate_table(est, host_ram), est))
 
 
 @cli.command()

@@ -169,8 +169,8 @@ def sweep(method, ranks, batch_sizes, seq_lens, gpu, as_csv, as_json, **opts):
 @memory_options
 @click.option("--gpus", default=None, help="Comma-separated GPU ids to consider (default: every profile).")
 @click.option("--gpu-counts", default="1,2,4,8", show_default=True, help="Comma-separated GPU counts.")
-@click.option("--layouts", default=None, help="Comma-separated layouts to allow: single,ddp,zero1,zero2,zero3 "
-                                               "(zero3 = FSDP full shard). Default: all.")
+@click.option("--layouts", default=None, help="Comma-separated layouts to allow: single,ddp,zero1,fsdp2-no-reshard,"
+                                               "fsdp2 (aliases: zero2, zero3, fsdp). Default: all.")
 @click.option("--sort", type=click.Choice(["hour", "purchase"]), default="hour", show_default=True,
               help="Rank by price per hour or by purchase price.")
 @click.option("--top", type=int, default=None, help="Show only the N cheapest.")

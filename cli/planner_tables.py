@@ -162,15 +162,16 @@ def sweep_table(rows: list[dict], gpu: GPUProfile | None) -> str:
 
 def plan_table(rows: list[PlanRow], config: TrainingConfig, min_headroom: int = 0) -> str:
     money = lambda v, fmt: "-" if v is None else fmt.format(v)  # noqa: E731
-    table = [[i, r.gpu.id, r.num_gpus, r.layout, g(r.per_gpu_bytes), g(r.capacity_bytes), signed(r.headroom_bytes),
+    table = [[i, r.gpu.id, r.num_gpus, r.engine, g(r.per_gpu_bytes), g(r.capacity_bytes), signed(r.headroom_bytes),
               f"{r.max_batch_size:,}", money(r.price_per_hour_usd, "${:,.2f}"),
               money(r.price_purchase_usd, "${:,.0f}"), r.gpu.price_date or "-"]
              for i, r in enumerate(rows, 1)]
-    headers = ["#", "gpu", "count", "layout", "GiB/GPU", "usable", "headroom", "max batch/GPU", "$/hour",
+    headers = ["#", "gpu", "count", "engine", "GiB/GPU", "usable", "headroom", "max batch/GPU", "$/hour",
                "purchase", "price date"]
     lines = [config_line(config, per_gpu=True), "", _table(table, headers, left=0), ""]
-    lines.append("layout: the least-sharded that fits, single < ddp < zero1 (states) < zero2 (+ grads) "
-                 "< zero3 (+ params; FSDP full shard).")
+    lines.append("engine: how PyTorch runs the least-sharded layout that fits: one GPU < DDP < DDP + "
+                 "ZeroRedundancyOptimizer (zero1) < FSDP2 keeping parameters after forward (fsdp2-no-reshard) < "
+                 "FSDP2 resharding after forward (fsdp2). GiB/GPU: the worst rank.")
     lines.append("Prices are approximate and dated (price date); $/hour and purchase are for all the GPUs. "
                  "Override them with --gpu-file.")
     if min_headroom:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from memplan.cli.common import CONTEXT_SETTINGS, CLIError, impl_options
+from memplan.cli.distributed import layout_options
 
 CATS = ("parameters", "gradients", "optimizer_states", "projectors", "activations", "temporaries")
 PHASES = ("forward", "backward", "optimizer_step", "refresh_step")
@@ -100,7 +101,8 @@ def summary_table(rows) -> str:
 @click.option("--lora-dropout", type=float, default=None, help="[default: 0]")
 @click.option("--snapshot", type=click.Path(dir_okay=False), default=None,
               help="With --device cuda: write a CUDA memory snapshot (open it in pytorch.org/memory_viz).")
-@click.option("--grid", type=click.Choice(["small", "full", "impls", "families"]), default=None,
+@layout_options
+@click.option("--grid", type=click.Choice(["small", "full", "impls", "families", "dist"]), default=None,
               help="Run a validation grid instead of one point and write a JSON report.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Report path for --grid (default benchmarks/results/validate_<grid>.json).")
@@ -110,7 +112,7 @@ def summary_table(rows) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {estimate, measured, error} (bytes).")
 @impl_options
 def validate(model, method, rank, batch_size, seq_len, precision, layerwise, checkpointing, device, hf, attn,
-             dropout, attn_dropout, hidden_dropout, lora_dropout, snapshot, grid, out, reserved, as_json, impl,
+             dropout, attn_dropout, hidden_dropout, lora_dropout, snapshot, layout, num_gpus, bucket_view, grid, out, reserved, as_json, impl,
              momentum, beta1):
     """Measure training steps of the model and compare with the estimate.
 
@@ -131,13 +133,27 @@ def validate(model, method, rank, batch_size, seq_len, precision, layerwise, che
       memplan validate --model llama-7b --method galore8bit --layerwise --device fake --reserved
       memplan validate --model llama-1b --method adamw --impl torch-foreach --device fake --seq-len 512
       memplan validate --grid small
+      memplan validate --model llama-60m --method adamw --layout zero1 --num-gpus 4 --device cpu
+      memplan validate --model llama-7b --method adamw --layout fsdp2 --num-gpus 8 --device fake
+      memplan validate --grid dist
+
+    With --layout / --num-gpus, --device cpu spawns one gloo process per rank on this
+    machine and --device fake simulates the ranks in one process (FSDP2 only); the
+    estimate is the worst rank's, compared with the measured rank of highest peak.
     """
     try:
         from memplan.measure.validate import ValidateConfig
     except ImportError as e:
         raise CLIError(f"memplan validate needs torch: pip install 'memplan[torch]' ({e})") from None
+    if grid == "dist":
+        from memplan.cli.distributed import run_grid
+        return run_grid(out, as_json)
     if grid:
         return _run_grid(grid, out, as_json)
+    if layout is not None or num_gpus is not None:
+        from memplan.cli.distributed import validate_point
+        return validate_point(model, method, rank, batch_size, seq_len, precision, checkpointing, device, layout,
+                              num_gpus, bucket_view, as_json)
     try:
         pick = lambda v: v if v is not None else dropout  # noqa: E731
         cfgs = [ValidateConfig(model=model, method=method, rank=rank, precision=precision, batch_size=batch_size,

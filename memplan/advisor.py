@@ -267,16 +267,19 @@ def _sized(run: Run, s: Search) -> list[tuple[Change, Run]]:
 
 def _more_gpus(run: Run, s: Search) -> tuple[Change, Run]:
     """The fewest GPUs, then the least-sharded layout, that reach the goal (the planner's layouts)."""
+    from memplan.planner import _modeled
+
     key, tier, cost, src = GPUS
+    layouts = [lay for lay in LAYOUTS[1:] if _modeled(lay, 2, run.config)]  # e.g. no FSDP2 for GaLore
     for n in GPU_COUNTS:
         if n == 1:
             continue
-        for lay in LAYOUTS[1:]:
+        for lay in layouts:
             new = replace(run, layout=lay, num_gpus=n)
             if s.ok(new):
                 return Change(key, f"{n} GPUs, {lay}", tier, cost, src), new
-    return Change(key, f"{max(GPU_COUNTS)} GPUs, {LAYOUTS[-1]}", tier, cost, src), \
-        replace(run, layout=LAYOUTS[-1], num_gpus=max(GPU_COUNTS))
+    return Change(key, f"{max(GPU_COUNTS)} GPUs, {layouts[-1]}", tier, cost, src), \
+        replace(run, layout=layouts[-1], num_gpus=max(GPU_COUNTS))
 
 
 def _option(changes, run: Run, s: Search) -> Option:

@@ -12,12 +12,12 @@ and an estimate applies each method's rule to a handful of shape groups.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 
 from memplan import limits
 from memplan import offload
-from memplan.activations import Knobs, activations
+from memplan.activations import Activations, Knobs, activations
 from memplan.errors import MemplanError
 from memplan.inventory import block_order, resolve_targets, shape_groups
 from memplan.methods import METHODS, Method, Shape, get_method
@@ -341,6 +341,8 @@ class Estimate:
     sharded_step_temp: bool = False  # the step's transients span all states (foreach): ZeRO shards them too
     host_bytes: int = 0  # host memory of an offloaded run (--offload): pinned copies + optimizer state
     host_pinned_bytes: int = 0  # of which pinned (page-locked) weight and gradient copies
+    terms: StepTerms | None = field(default=None, compare=False, repr=False)  # what the phases were composed of
+    acts: Activations | None = field(default=None, compare=False, repr=False)  # (memplan/parallel.py recomposes them)
 
     @property
     def impl(self):
@@ -514,7 +516,7 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
     overhead = outside_tensors(gpu) + fragmentation_bytes(phases, acts.block if c.checkpointing else 0)
     return Estimate(c, phases, overhead, n_params, n_trainable, gpu,
                     sharded_step_temp=impl.shards_with_states and not c.layerwise, host_bytes=host,
-                    host_pinned_bytes=pinned)
+                    host_pinned_bytes=pinned, terms=terms, acts=acts)
 
 
 def make_config(model, method: str | None = None, **options) -> TrainingConfig:

@@ -33,7 +33,7 @@ from memplan.errors import MemplanError
 from memplan.estimator import Estimate, TrainingConfig, capacity_bytes, estimate_config, make_config
 from memplan.inventory import resolve_targets, shape_groups
 from memplan.methods import METHODS, get_method
-from memplan.parallel import LAYOUTS, check_layout, shard
+from memplan.parallel import ENGINES, LAYOUTS, check_layout, shard
 from memplan.profiles import GPUProfile, load_gpu, load_gpus
 
 MAX_BATCH = 1 << 20
@@ -89,7 +89,7 @@ def largest(ok: Callable[[int], bool], limit: int) -> int:
 def _search(field: str, limit: int, model, gpu, method, gpu_file, layout, num_gpus, min_headroom, options) -> int:
     config = make_config(model, method, **options)
     g = resolve_gpu(gpu, gpu_file)
-    layout = check_layout(layout, num_gpus, config.layerwise)
+    layout = check_layout(layout, num_gpus, config.layerwise, config.method, config.precision)
     if field == "seq_len" and config.model.sliding_window:  # longer sequences are not modelled (estimator)
         limit = min(limit, config.model.sliding_window)
     return largest(lambda n: fits(replace(config, **{field: n}), g, layout, num_gpus, min_headroom), limit)
@@ -294,19 +294,33 @@ class PlanRow:
         p = self.gpu.price_purchase_usd
         return None if p is None else self.num_gpus * p
 
+    @property
+    def engine(self) -> str:
+        """How PyTorch runs the layout, e.g. "FSDP2, reshard after forward" (parallel.ENGINES)."""
+        return ENGINES[self.layout]
+
     def to_dict(self) -> dict:
         return {"gpu": self.gpu.id, "gpu_name": self.gpu.name, "num_gpus": self.num_gpus, "layout": self.layout,
+                "engine": self.engine,
                 "per_gpu_bytes": self.per_gpu_bytes, "capacity_bytes": self.capacity_bytes,
                 "headroom_bytes": self.headroom_bytes, "max_batch_size": self.max_batch_size,
                 "price_per_hour_usd": self.price_per_hour_usd, "price_purchase_usd": self.price_purchase_usd,
                 "price_date": self.gpu.price_date}
 
 
-def _layouts_for(count: int, layerwise: bool, layouts) -> list[str]:
+def _modeled(lay: str, count: int, config: TrainingConfig) -> bool:
+    try:
+        check_layout(lay, count, config.layerwise, config.method, config.precision)
+        return True
+    except MemplanError:  # e.g. a projection method under FSDP2: not modeled, so never proposed
+        return False
+
+
+def _layouts_for(count: int, config: TrainingConfig, layouts) -> list[str]:
     allowed = [lay for lay in LAYOUTS if layouts is None or lay in layouts]
     if count == 1:
         return [lay for lay in allowed if lay == "single"]
-    return [] if layerwise else [lay for lay in allowed if lay != "single"]
+    return [lay for lay in allowed if lay != "single" and _modeled(lay, count, config)]
 
 
 def plan(model, method: str = "adamw", *, gpus=None, gpu_counts=GPU_COUNTS, layouts=None, gpu_file=None,
@@ -341,7 +355,7 @@ def plan(model, method: str = "adamw", *, gpus=None, gpu_counts=GPU_COUNTS, layo
     for g in chosen:
         cap = capacity_bytes(g)
         for n in counts:
-            for lay in _layouts_for(n, config.layerwise, layouts):
+            for lay in _layouts_for(n, config, layouts):
                 need = per_gpu(config, lay, n).device_total_bytes
                 if need + min_headroom <= cap:
                     best = max_batch_size(config, g, layout=lay, num_gpus=n, min_headroom=min_headroom)

@@ -12,6 +12,7 @@ from memplan import planner
 from memplan.errors import MemplanError
 from memplan.estimator import capacity_bytes
 from memplan.parallel import LAYOUTS
+from memplan.planner import _modeled
 from memplan.planner import (MAX_SEQ_LEN, fits, largest, make_config, max_batch_size, max_rank, max_seq_len,
                              resolve_gpu)
 from memplan.profiles import GPUProfile, load_gpu
@@ -231,7 +232,7 @@ def test_plan_lists_every_gpu_and_count_that_fits(plan13b):
     listed = {(r.gpu.id, r.num_gpus) for r in plan13b}
     for gpu in memplan.load_gpus().values():
         for n in (1, 2, 4, 8):
-            layouts = ["single"] if n == 1 else LAYOUTS[1:]
+            layouts = ["single"] if n == 1 else [lay for lay in LAYOUTS[1:] if _modeled(lay, n, c)]
             assert ((gpu.id, n) in listed) == any(fits(c, gpu, lay, n) for lay in layouts)
 
 
@@ -269,6 +270,13 @@ def test_plan_min_headroom_keeps_a_margin_everywhere():
         assert not fits(make_config(c, batch_size=r.max_batch_size + 1), r.gpu, min_headroom=margin)
 
 
+def test_plan_never_proposes_a_refused_layout():
+    # projection methods under FSDP2 are not modeled: the plan offers them DDP or zero1 only
+    rows = memplan.plan("llama-13b", "galore", batch_size=1, checkpointing=True,
+                        gpus=["rtx-4090", "a100-40gb", "a100-80gb"])
+    assert any(r.num_gpus > 1 for r in rows) and all(r.layout in ("single", "ddp", "zero1") for r in rows)
+
+
 def test_plan_with_per_layer_update_is_single_gpu():
     rows = memplan.plan("llama-7b", "galore8bit", layerwise=True, checkpointing=True)
     assert rows and all(r.num_gpus == 1 and r.layout == "single" for r in rows)
@@ -277,7 +285,8 @@ def test_plan_with_per_layer_update_is_single_gpu():
 def test_plan_restricted_layouts_and_counts():
     rows = memplan.plan("llama-7b", "adamw", gpu_counts=[4], layouts=["fsdp"], gpus=["rtx-4090"],
                         checkpointing=True)
-    assert [(r.gpu.id, r.num_gpus, r.layout) for r in rows] == [("rtx-4090", 4, "zero3")]
+    assert [(r.gpu.id, r.num_gpus, r.layout) for r in rows] == [("rtx-4090", 4, "fsdp2")]
+    assert rows[0].engine == "FSDP2, reshard after forward" and rows[0].to_dict()["engine"] == rows[0].engine
     with pytest.raises(MemplanError, match="sort"):
         memplan.plan("llama-7b", sort="cheapest")
 

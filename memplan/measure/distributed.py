@@ -407,6 +407,36 @@ def measure_fake(cfg: DistConfig) -> list[dict]:
     return [out]
 
 
+def torch_tracker_peak(cfg: DistConfig, steps: int = 4) -> int:
+    """The peak bytes per iteration that PyTorch's own ``FSDPMemTracker`` reports for ``cfg`` (FSDP2,
+    fake world, rank 0), the largest over ``steps`` iterations: the oracle ``ResizeTracker`` is
+    checked against (its stats are reset after every iteration, as the tracker needs)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    import memplan.models  # noqa: F401
+    import memplan.optim  # noqa: F401
+    if cfg.device != "fake" or not cfg.layout.startswith("fsdp2"):
+        raise ValueError("torch_tracker_peak runs FSDP2 under a fake process group")
+    peak = 0
+    with fake_world(cfg.num_gpus) as mesh, FakeTensorMode(allow_non_fake_inputs=False):
+        model, batch = _build_model(cfg)
+        _wrap(model, cfg, mesh)
+        opt = _optimizer(model, cfg)
+        tracker = FSDPMemTracker(mod=model, optm=opt)
+        with tracker:
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                loss = model(**batch)
+                loss.backward()
+                del loss
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                snap = tracker.get_tracker_snapshot("peak")
+                peak = max(peak, max(v.get("Total", 0) for v in snap.values()))
+                tracker.reset_mod_stats()
+    return peak
+
+
 def measure_dist(cfg: DistConfig) -> list[dict]:
     return measure_fake(cfg) if cfg.device == "fake" else measure_gloo([cfg])[0]
 

@@ -1,0 +1,42 @@
+"""`memplan validate --grid dist` plus the runs of issue 10's table; writes benchmarks/results/validate_dist.json.
+
+    python benchmarks/validate_dist.py            # issue rows, then the grid
+    python benchmarks/validate_dist.py --grid-only
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+from memplan.measure.dist_validate import dist_grid, issue_rows, run_configs, summarize_dist
+
+
+def main():
+    out = Path(__file__).parent / "results" / "validate_dist.json"
+    parts = [("grid", dist_grid())] if "--grid-only" in sys.argv else [("issue", issue_rows()), ("grid", dist_grid())]
+    report = {}
+    if out.exists():  # keep the sections not rerun
+        try:
+            report = json.loads(out.read_text())
+        except ValueError:
+            report = {}
+    for name, cfgs in parts:
+        t0 = time.perf_counter()
+
+        def show(v):
+            c, e = v["config"], v["error"]
+            peak = f"{100 * e['peak']['relative']:+.2f}%" if e else "-"
+            print(f"{name} {c['model']} {c['method']} {c['layout']}{' bucket_view' if c['bucket_view'] else ''} "
+                  f"x{c['num_gpus']} {c['device']} {c['precision']}: {'PASS' if v['passed'] else 'FAIL'} peak {peak} "
+                  f"{'; '.join(v['failures'])} ({v['seconds']:.0f} s)", flush=True)
+        results = run_configs(cfgs, on_result=show)
+        report[name] = {"wall_seconds": round(time.perf_counter() - t0, 1), "points": results,
+                        "summary": summarize_dist(results), "passed": sum(r["passed"] for r in results),
+                        "total": len(results)}
+        out.write_text(json.dumps(report, indent=1))
+        print(f"{name}: {report[name]['passed']}/{report[name]['total']} pass, {report[name]['wall_seconds']:.0f} s",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
