@@ -71,7 +71,9 @@ def test_single_changes_are_ranked_by_tier_then_headroom():
 
 def test_pairs_appear_when_no_cheap_single_change_fits():
     a = _advice(RUNS[0])  # llama-7b golore on a 4090: only another method or more GPUs fit alone
-    assert a.single and all(o.changes[0].tier >= 2 for o in a.single)
+    # (more GPUs: GoLore under FSDP2 is not modeled, and DDP / zero1 keep every weight and gradient on each
+    # 4090, so no single change may fit at all)
+    assert all(o.changes[0].tier >= 2 for o in a.single)
     # another method or more GPUs (Q-GaLore's 25.3 GiB device total no longer fits since the
     # fragmentation rule fitted to allocator replays: 0.28 x its 12.55 GiB of gradients)
     assert all("GPU" in o.label or o.label.startswith("--method") for o in a.single)

@@ -40,7 +40,7 @@ def test_plan_names_the_engine_per_row():
     r = run("plan", "--model", "llama-13b", "--method", "adamw", "--batch-size", "4", "--checkpointing",
             "--gpus", "rtx-4090,a100-80gb")
     assert r.exit_code == 0, r.output
-    assert "FSDP2, reshard after forward" in r.output and "engine" in r.output
+    assert "FSDP2, keep parameters after forward" in r.output and "engine" in r.output
 
 
 @pytest.mark.parametrize("args,message", [

@@ -272,8 +272,7 @@ def test_plan_min_headroom_keeps_a_margin_everywhere():
 
 def test_plan_never_proposes_a_refused_layout():
     # projection methods under FSDP2 are not modeled: the plan offers them DDP or zero1 only
-    rows = memplan.plan("llama-13b", "galore", batch_size=1, checkpointing=True,
-                        gpus=["rtx-4090", "a100-40gb", "a100-80gb"])
+    rows = memplan.plan("llama-13b", "galore", batch_size=1, checkpointing=True)
     assert any(r.num_gpus > 1 for r in rows) and all(r.layout in ("single", "ddp", "zero1") for r in rows)
 
 
