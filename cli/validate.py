@@ -112,8 +112,8 @@ def summary_table(rows) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {estimate, measured, error} (bytes).")
 @impl_options
 def validate(model, method, rank, batch_size, seq_len, precision, layerwise, checkpointing, device, hf, attn,
-             dropout, attn_dropout, hidden_dropout, lora_dropout, snapshot, layout, num_gpus, bucket_view, grid, out, reserved, as_json, impl,
-             momentum, beta1):
+             dropout, attn_dropout, hidden_dropout, lora_dropout, snapshot, layout, num_gpus, bucket_view, grid,
+             out, reserved, as_json, impl, momentum, beta1):
     """Measure training steps of the model and compare with the estimate.
 
     Builds the Hugging Face class of the model's family (or, with --bundled,
