@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -144,13 +145,16 @@ def tools(config: Path, tmp: Path, dev_row: bool) -> tuple[dict[str, dict], list
     return found, notes
 
 
-def run_once(cmd: list[str], cwd: Path) -> float:
+def run_once(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of one process: CPU is user + system, which the load stretches less."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, cwd=cwd)
     dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr.decode()[-2000:]}")
-    return dt
+    return dt, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def main() -> None:
@@ -166,10 +170,13 @@ def main() -> None:
         for name in names:  # warm-up: file cache, .pyc files
             run_once(found[name]["cmd"], tmp)
         times: dict[str, list[float]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}
         for i in range(args.runs):
             order = names[i % len(names):] + names[: i % len(names)]
             for name in order:
-                times[name].append(run_once(found[name]["cmd"], tmp))
+                wall, used = run_once(found[name]["cmd"], tmp)
+                times[name].append(wall)
+                cpu[name].append(used)
     med = {n: statistics.median(t) for n, t in times.items()}
     result = {"runs": args.runs, "notes": notes, "tools": {}, "ratios": {},
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
@@ -179,17 +186,21 @@ def main() -> None:
         result["tools"][n] = {"version": found[n]["version"], "command": " ".join(cmd),
                               "reference": bool(found[n].get("reference")),
                               "median_s": med[n], "min_s": min(times[n]), "max_s": max(times[n]),
-                              "times_s": times[n]}
-    print(f"{'tool':<14}{'version':>24}{'median ms':>12}{'min ms':>10}{'max ms':>10}{'memplan/peer':>14}")
+                              "cpu_median_s": statistics.median(cpu[n]), "times_s": times[n], "cpu_s": cpu[n]}
+    print(f"{'tool':<14}{'version':>24}{'median ms':>12}{'min ms':>10}{'max ms':>10}{'cpu ms':>9}"
+          f"{'memplan/peer':>14}{'(cpu)':>7}")
     for n in names:
         t = result["tools"][n]
-        ratio = ""
+        ratio = cpu_ratio = ""
         if n != "memplan" and not found[n].get("reference"):
             paired = statistics.median(a / b for a, b in zip(times["memplan"], times[n]))
-            result["ratios"][f"memplan/{n}"] = {"of_medians": med["memplan"] / med[n], "paired_median": paired}
+            result["ratios"][f"memplan/{n}"] = {
+                "of_medians": med["memplan"] / med[n], "paired_median": paired,
+                "of_cpu_medians": statistics.median(cpu["memplan"]) / statistics.median(cpu[n])}
             ratio = f"{med['memplan'] / med[n]:.2f}x"
+            cpu_ratio = f"{result['ratios'][f'memplan/{n}']['of_cpu_medians']:.2f}x"
         print(f"{n:<14}{t['version']:>24}{1000 * t['median_s']:>12.1f}{1000 * t['min_s']:>10.1f}"
-              f"{1000 * t['max_s']:>10.1f}{ratio:>14}")
+              f"{1000 * t['max_s']:>10.1f}{1000 * t['cpu_median_s']:>9.1f}{ratio:>14}{cpu_ratio:>7}")
     for note in notes:
         print("note:", note)
     if "vramcalc" in med:

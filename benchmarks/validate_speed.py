@@ -42,10 +42,11 @@ def mark(name):
     global t0, c0
     parts[name] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
     t0 = time.perf_counter(); c0 = time.process_time()
+import importlib
 import torch
 torch.set_num_threads(1)
 import memplan.models, memplan.optim
-from memplan.measure import validate as V
+V = importlib.import_module("memplan.measure.validate")  # the module (memplan.measure.validate: a function)
 from memplan.measure.step import measure_step
 mark("import torch and memplan")
 mode = V._fake_mode()
