@@ -314,9 +314,16 @@ def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_r
     k = knobs
     block = _BLOCKS[p.family](p, t, batch, seq, c, x, k) + _adapters(p, t, c, k, adapter_rank, adapter_inputs)
     if p.num_local_experts:  # a mixture of experts replaces the dense MLP: memplan/moe.py
-        from memplan.moe import moe_block_delta
+        from dataclasses import replace
 
-        block += moe_block_delta(p, t, c)
+        from memplan.moe import moe_block
+
+        # the dense MLP's terms, as the rules above count them, are the part linear in the MLP width
+        wider = replace(p, intermediate_size=p.intermediate_size + 1)
+        per_unit = _BLOCKS[p.family](wider, t, batch, seq, c, x, k) \
+            + _adapters(wider, t, c, k, adapter_rank, adapter_inputs) - block
+        block += moe_block(p, t, c, frozen=bool(adapter_inputs) and k.frozen_other) \
+            - per_unit * p.intermediate_size
     rms = p.family == "llama"
     outside = _outside(p, t, seq, c, x, k)
     inputs = 2 * 8 * t  # input_ids and labels (int64), held by the training loop

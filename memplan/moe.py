@@ -26,11 +26,13 @@ def moe_tensors(p: ModelProfile, prefix: str):
     yield TensorSpec(f"{prefix}.experts.down_proj", (E, h, i), "mlp")
 
 
-def moe_block_delta(p: ModelProfile, t: int, c: int) -> int:
-    """Activation bytes a MoE block saves beyond a LLaMA block, whose dense MLP term (4 c t i) it replaces.
+def moe_block(p: ModelProfile, t: int, c: int, frozen: bool = False) -> int:
+    """Activation bytes the router and experts of one block save for backward (the dense MLP's terms
+    are taken out by the caller, memplan/activations.py).
 
     transformers' default experts path (`grouped_mm`, bf16) saves, for t tokens routed to k experts
-    each (S = t k routed rows), measured tensor by tensor in tests/test_moe.py:
+    each (S = t k routed rows), measured tensor by tensor in tests/test_moe.py. `frozen`: the experts
+    and router are frozen (adapter methods), so nothing is kept for their weight gradients.
     """
     E, k, h, i = p.num_local_experts, p.num_experts_per_tok, p.hidden_size, p.intermediate_size
     S = t * k
@@ -40,12 +42,13 @@ def moe_block_delta(p: ModelProfile, t: int, c: int) -> int:
         + 12 * S  # top-k indices (int64) and the normalized top-k weights (fp32)
     )
     experts = (
-        c * S * h  # the routed copy of each token's hidden state (the gather's output, grouped_mm's input)
-        + 2 * c * S * i  # gate_up_proj output (S x 2i): SiLU saves the gate half, the product the up half
-        + 2 * c * S * i  # SiLU output and the product (down_proj's input)
+        2 * c * S * i  # gate_up_proj output (S x 2i): SiLU saves the gate half, the product the up half
+        + c * S * i  # SiLU output (saved by the product)
         + c * S * h  # down_proj output, saved by the multiply with the routing weights
         + 4 * S  # the routing weights in expert order (fp32)
         + 3 * 8 * S  # the sort permutation, its inverse and token index (int64), saved by the gathers
         + 4 * E  # grouped_mm's per-expert offsets (int32)
     )
-    return router + experts - 4 * c * t * i
+    if not frozen:  # grouped_mm keeps its input for the weight gradient
+        experts += c * S * h + c * S * i  # the routed copy of each token's hidden state; down_proj's input
+    return router + experts

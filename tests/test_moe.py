@@ -182,3 +182,40 @@ def test_every_command_takes_a_moe_model(args):
     assert res.exit_code in (0, 3) and "Error" not in res.output, res.output[-500:]
     assert memplan.estimate("mixtral-8x7b", "lora").to_dict()["config"]["target_modules"] == \
         ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_moe_block_saves_what_the_rule_says(frozen):
+    """transformers' MixtralSparseMoeBlock alone: every tensor autograd saves, counted once per storage,
+    equals memplan.moe.moe_block (trainable experts, or frozen as under LoRA)."""
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    from memplan.moe import moe_block
+
+    p = tiny_moe(hidden_size=64, intermediate_size=96, num_local_experts=8, num_experts_per_tok=2)
+    cfg = hf_config(p)
+    cfg._experts_implementation = "grouped_mm"
+    t = 96
+    with _fake():
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            block = MixtralSparseMoeBlock(cfg)
+        finally:
+            torch.set_default_dtype(old)
+        params = {id(q.untyped_storage()) for q in block.parameters()}
+        for q in block.parameters():
+            q.requires_grad_(not frozen)
+        x = torch.randn(2, t // 2, p.hidden_size, dtype=torch.bfloat16, requires_grad=True)
+        seen = {}
+
+        def pack(tensor):
+            key = id(tensor.untyped_storage())
+            if key not in params:
+                seen[key] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            block(x)
+    router_input = 0 if frozen else 2 * t * p.hidden_size  # the block's input, saved by the router's linear
+    assert sum(seen.values()) == moe_block(p, t, 2, frozen=frozen) + router_input

@@ -4,6 +4,7 @@ no download), to measure what users actually train next to the bundled model.
 | profile family / model_type | class |
 |---|---|
 | llama (``llama``), mistral (``mistral``) | ``LlamaForCausalLM``, ``MistralForCausalLM`` |
+| llama with experts (``mixtral``) | ``MixtralForCausalLM`` |
 | gpt2 | ``GPT2LMHeadModel`` |
 | opt | ``OPTForCausalLM`` |
 | bert / roberta / xlm-roberta | ``BertForMaskedLM``, ``RobertaForMaskedLM``, ``XLMRobertaForMaskedLM`` |
@@ -25,7 +26,7 @@ __all__ = ["build_hf_model", "hf_config", "hf_class_name", "HF_CLASSES", "ATTN_I
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "gpt2": "GPT2LMHeadModel",
               "opt": "OPTForCausalLM", "bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM",
-              "xlm-roberta": "XLMRobertaForMaskedLM"}
+              "xlm-roberta": "XLMRobertaForMaskedLM", "mixtral": "MixtralForCausalLM"}
 
 
 def hf_class_name(profile) -> str | None:
@@ -74,6 +75,9 @@ def hf_config(profile, attn_implementation: str = "sdpa", attn_dropout: float | 
     kwargs = _config_kwargs(profile, ad, hd)
     if mtype == "mistral":
         kwargs["sliding_window"] = None  # memplan does not model the window (sequences below it are unaffected)
+    if mtype == "mixtral":  # memplan/moe.py: experts, router, top-k; no jitter, no auxiliary loss
+        kwargs.update(num_local_experts=profile.num_local_experts, num_experts_per_tok=profile.num_experts_per_tok,
+                      router_jitter_noise=0.0, output_router_logits=False, sliding_window=None)
     cfg = AutoConfig.for_model(mtype, **kwargs)
     cfg.use_cache = False
     cfg._attn_implementation = attn_implementation
