@@ -60,11 +60,16 @@ def run_python(lines: list[str]) -> list[str]:
         last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None
         if last is not None:
             tree.body.pop()
-        exec(compile(tree, "<doc>", "exec"), namespace)  # noqa: S102 (our own docs)
-        if last is not None:
-            value = eval(compile(ast.Expression(last.value), "<doc>", "eval"), namespace)  # noqa: S307
-            if value is not None:
-                out.extend(repr(value).splitlines())
+        try:
+            exec(compile(tree, "<doc>", "exec"), namespace)  # noqa: S102 (our own docs)
+            value = None
+            if last is not None:
+                value = eval(compile(ast.Expression(last.value), "<doc>", "eval"), namespace)  # noqa: S307
+        except Exception as e:  # noqa: BLE001 (shown as the interpreter would, last line only)
+            out.append(f"{type(e).__module__}.{type(e).__name__}: {e}".removeprefix("builtins."))
+            continue
+        if value is not None:
+            out.extend(repr(value).splitlines())
     return out
 
 
