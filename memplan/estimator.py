@@ -129,8 +129,12 @@ def check_config(c: TrainingConfig) -> None:
 
 
 def weight_format(c: TrainingConfig) -> str:
-    """The weight format in effect: the given one, else the method's default."""
-    return c.weights or METHODS[get_method(c.method).name].weights[0]
+    """The weight format in effect: the given one, else the format of the implementation asked for
+    (q-apollo: int8; q-galore-torch-bf16: bf16), else the method's default."""
+    if c.weights:
+        return c.weights
+    m = METHODS[get_method(c.method).name]
+    return next((fmt for fmt, impl in m.weight_impls if impl == c.impl), m.weights[0])
 
 
 def impl_name(c: TrainingConfig) -> str | None:
