@@ -70,8 +70,10 @@ def estimate_table(est: Estimate, host_ram: int | None = None) -> str:
     lines = [describe_config(est), "", tabulate(rows, headers, tablefmt="simple", disable_numparse=True,
                                                 colalign=("left",) + ("right",) * len(PHASES)), ""]
     lines.append(f"Peak allocated: {g(est.peak_bytes)} GiB in the {peak} phase (* above)")
+    ctx = est.device_total_bytes - est.reserved_bytes
     lines.append(f"Device total:   {g(est.device_total_bytes)} GiB "
-                 f"(+ {g(est.overhead)} GiB overhead: CUDA context and allocator fragmentation)")
+                 f"(+ {g(est.reserved_bytes - est.peak_bytes)} GiB allocator fragmentation and cuBLAS workspaces, "
+                 f"{g(ctx)} GiB CUDA context)")
     if est.host_bytes:
         lines.append(f"Host memory:    {g(est.host_bytes)} GiB (pinned weight and gradient copies "
                      f"{g(est.host_pinned_bytes)} GiB + optimizer state; --offload {est.config.offload})")

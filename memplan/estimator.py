@@ -424,6 +424,7 @@ class Estimate:
             "host_bytes": self.host_bytes,
             "host_pinned_bytes": self.host_pinned_bytes,
             "device_total_bytes": self.device_total_bytes,
+            "reserved_bytes": self.reserved_bytes,  # predicted max_memory_reserved (memplan/reserve.py)
             "units": "bytes",
         }
         if self.gpu is not None:
