@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 import memplan
+from memplan.estimator import TrainingConfig
 from memplan.impls import get_impl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ KINDS = {
     "adam8bit-bnb": ("adam8bit", "bitsandbytes", {}),
     "galore-torch": ("galore", "galore-torch", {"rank": 128, "update_gap": 2}),
     "galore8bit-torch": ("galore8bit", "galore-torch", {"rank": 128, "update_gap": 2}),
-    "lora-peft": ("lora", "peft", {"rank": 16}),
+    "lora-peft": ("lora", "peft", {"rank": 16, "lora_dropout": 0.05}),  # cuda_check.py's LoraConfig
 }
 
 
@@ -73,6 +74,7 @@ def compare(points) -> list[dict]:
         if s["optim"] == "adamw-forloop" and s["batch"] != 1:
             continue  # the activation points (model side) are compared by the model rules
         method, impl, opts = KINDS[s["optim"]]
+        opts = {k: v for k, v in opts.items() if k in TrainingConfig.__dataclass_fields__}
         try:
             est = memplan.estimate(s["model"], method, impl=impl, batch_size=s["batch"], seq_len=s["seq"], **opts)
         except memplan.MemplanError as e:
