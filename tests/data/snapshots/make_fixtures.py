@@ -26,6 +26,7 @@ CUTS = {  # fixture -> (source file, events kept)
     "wedsonlin_tail.pickle.gz": ("Wedsonlin__assignment2-systems__8630bcf__medium_512_training_memory_snapshot"
                                  ".pickle.gz", 1500),
     "octree_oom_tail.pickle.gz": ("HugePandaCoder__octree-nca-groupeq__3e8aa21__inference2_peso_oct.pickle.gz", 400),
+    "constructor_expandable_tail.pickle.gz": ("Constructor-Sun__code_location__52e52b2__memory_snapshot.pickle.gz", 150),
 }
 KEEP_CPP = ("autograd::Engine", "AccumulateGrad")
 
