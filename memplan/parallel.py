@@ -25,11 +25,12 @@ engine's code (torch 2.13), checked rank by rank against real runs by
   True / False. Each tensor is cut along dim 0 into ceil(d0 / N)-row chunks; every rank
   stores a padded chunk (rank 0's chunk is the full ceil size, so rank 0 is the worst
   rank): parameters, gradients, and the optimizer state of rank 0's chunk. In flight: the
-  root unit stays unsharded from its all-gather to the end of backward; the last
-  all-gather's flat output is held until the root's forward returns (so during the
-  loss); in backward the next block's all-gather is prefetched; a block's unsharded
-  gradients wait for their reduce-scatter; the root's gradients wait to the end of
-  backward. With `reshard_after_forward=False` every unsharded parameter stays from
+  root unit is unsharded through the forward (the loss included); the last all-gather's
+  flat output is held until the root's forward returns; `reshard_after_forward=True`
+  given to the root as well (as torchtitan passes it) reshards the root then, and backward
+  starts by all-gathering it again; in backward the next block's all-gather is
+  prefetched; a block's unsharded gradients wait for their reduce-scatter; the root's
+  gradients wait to the end of backward. With `reshard_after_forward=False` every unsharded parameter stays from
   forward to backward. Those in-flight buffers are counted as `parameters` (unsharded
   parameters) and `temporaries` (all-gather / reduce-scatter buffers, unsharded
   gradients). FSDP2 is modeled for element-wise optimizers (AdamW, SGD) in bf16 / fp32;
@@ -315,7 +316,13 @@ def _fsdp2_phases(est: Estimate, n: int, reshard: bool) -> dict:
     start = dict(compose(replace(tf, gradients=0), a)["backward"])
     start["temporaries"] += start["gradients"] + (block if reshard else 0)  # + the last block's prefetch
     start["gradients"] = 0
-    after_loss = a.saved(c.checkpointing) - a.loss_saved
+    saved = a.saved(c.checkpointing)
+    after_loss = saved - a.loss_saved
+    # reshard_after_forward=True given to the root too: the root is resharded when its forward returns
+    # and all-gathered again as backward starts (its flat all-gather output and the copy-out target
+    # together, before the last block's prefetch), while everything saved is alive
+    regather = {"parameters": p_shard + root_full, "gradients": 0, "optimizer_states": states, "projectors": 0,
+                "activations": saved, "temporaries": root_full}
     # the last block's backward: its parameters unsharded, the next one's prefetched (if any), its
     # unsharded gradients, the head's unsharded gradient (the root reduce-scatters at the end); the
     # block's own activations are kept in full (an upper bound on the moment its gradients complete,
@@ -327,7 +334,7 @@ def _fsdp2_phases(est: Estimate, n: int, reshard: bool) -> dict:
     # gradients, the blocks' sharded gradients, and the first block's reduce-scatter input (freed at the next)
     end = {"parameters": p_shard + root_full, "gradients": g_shard - root_g_shard, "optimizer_states": states,
            "projectors": 0, "activations": a.inputs, "temporaries": root_grad + first * prec.grad // prec.param}
-    bwd = max((start, mid, end), key=lambda p: sum(p.values()))
+    bwd = max((start, mid, end) + ((regather,) if reshard else ()), key=lambda p: sum(p.values()))
     rest_phases = compose(replace(tf, parameters=p_shard), a)
     return {"forward": fwd, "backward": bwd, "optimizer_step": rest_phases["optimizer_step"],
             "refresh_step": rest_phases["refresh_step"]}
