@@ -518,7 +518,8 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
                       per_tensor_grads, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other,
                       tied_gradient=tied_grad)
     phases = compose(terms, acts)
-    overhead = outside_tensors(gpu) + fragmentation_bytes(phases, acts.block if c.checkpointing else 0)
+    overhead = outside_tensors(gpu) + fragmentation_bytes(phases, acts.block if c.checkpointing else 0,
+                                                           grads if c.layerwise else 0)
     return Estimate(c, phases, overhead, n_params, n_trainable, gpu,
                     sharded_step_temp=impl.shards_with_states and not c.layerwise, host_bytes=host,
                     host_pinned_bytes=pinned, terms=terms, acts=acts)

@@ -15,7 +15,9 @@ the excess comes from a rule fitted to replays (``benchmarks/fragmentation_fit.p
 - ``ACTIVATION_SHARE`` of the saved activations: segment rounding and the
   partly used 20 MiB segments of the many 1-10 MiB activation tensors;
 - ``CHECKPOINT_BLOCKS`` recomputed blocks with activation checkpointing: the
-  recomputation allocates a block's activations again during the backward, amid gradients.
+  recomputation allocates a block's activations again during the backward, amid gradients;
+- ``LAYERWISE_SHARE`` of all gradient bytes with the per-layer update: each gradient is
+  made and freed (with its step's transients) among the activations being released.
 
 The fit's data and its residual per point are in
 ``benchmarks/results/fragmentation_fit.json`` (replays of the validation grid's
@@ -31,19 +33,22 @@ from __future__ import annotations
 
 from memplan.units import MiB
 
-GRADIENT_SHARE = 0.25
-ACTIVATION_SHARE = 0.07
-CHECKPOINT_BLOCKS = 4.1
+GRADIENT_SHARE = 0.26
+ACTIVATION_SHARE = 0.04
+CHECKPOINT_BLOCKS = 4.0
+LAYERWISE_SHARE = 0.05
 DEFAULT_CONTEXT_BYTES = 530 * MiB  # profiles/gpus.toml: families not measured (source there)
 DEFAULT_WORKSPACE_BYTES = 16640 * 1024  # two 8,519,680 B cuBLAS workspaces (profiles/gpus.toml, pre-Hopper)
 
 
-def fragmentation_bytes(phases: dict, checkpoint_block: int = 0) -> int:
+def fragmentation_bytes(phases: dict, checkpoint_block: int = 0, layerwise_gradients: int = 0) -> int:
     """Reserved minus allocated at the peak, predicted from the step's phases ({phase: {category:
-    bytes}}) and, with checkpointing, the activation bytes of one recomputed block."""
+    bytes}}), with checkpointing the activation bytes of one recomputed block, and with the
+    per-layer update the bytes of all gradients (made and freed one at a time)."""
     grads = max(p.get("gradients", 0) for p in phases.values())
     acts = phases["forward"].get("activations", 0)
-    return int(GRADIENT_SHARE * grads + ACTIVATION_SHARE * acts + CHECKPOINT_BLOCKS * checkpoint_block)
+    return int(GRADIENT_SHARE * grads + ACTIVATION_SHARE * acts + CHECKPOINT_BLOCKS * checkpoint_block
+               + LAYERWISE_SHARE * layerwise_gradients)
 
 
 def context_bytes(gpu=None) -> int:

@@ -5,7 +5,7 @@ from pathlib import Path
 import memplan
 from memplan.profiles import load_gpu
 from memplan.reserve import (ACTIVATION_SHARE, CHECKPOINT_BLOCKS, DEFAULT_CONTEXT_BYTES, DEFAULT_WORKSPACE_BYTES,
-                             GRADIENT_SHARE, context_bytes, fragmentation_bytes, workspace_bytes)
+                             GRADIENT_SHARE, LAYERWISE_SHARE, context_bytes, fragmentation_bytes, workspace_bytes)
 
 MiB = 1 << 20
 FIT = Path(__file__).parents[1] / "benchmarks" / "results" / "fragmentation_fit.json"
@@ -26,6 +26,7 @@ def test_constants_are_the_fit():
     assert abs(fit["gradients"] - GRADIENT_SHARE) < 0.006
     assert abs(fit["activations"] - ACTIVATION_SHARE) < 0.006
     assert abs(fit["checkpoint_block"] - CHECKPOINT_BLOCKS) < 0.06
+    assert abs(fit["layerwise_gradients"] - LAYERWISE_SHARE) < 0.006
 
 
 def test_context_per_gpu_profile():
@@ -45,6 +46,14 @@ def test_device_total_is_peak_fragmentation_and_the_gpus_context():
     assert fit.required_bytes == est.peak_bytes + frag + 64 * MiB + 764 * MiB
     on_h200 = memplan.estimate("llama-1b", "adamw", batch_size=1, seq_len=512, gpu="h200")
     assert on_h200.device_total_bytes == fit.required_bytes == on_h200.fit().required_bytes
+
+
+def test_layerwise_adds_a_share_of_every_gradient():
+    plain = memplan.estimate("llama-1b", "galore", rank=512, batch_size=1, seq_len=256)
+    lw = memplan.estimate("llama-1b", "galore", rank=512, batch_size=1, seq_len=256, layerwise=True)
+    grads = max(p["gradients"] for p in plain.phases.values())  # every gradient alive at once without it
+    extra = (lw.reserved_bytes - lw.peak_bytes) - fragmentation_bytes(lw.phases) - DEFAULT_WORKSPACE_BYTES
+    assert abs(extra - LAYERWISE_SHARE * grads) <= 1
 
 
 def test_checkpointing_adds_recomputed_blocks():
