@@ -7,7 +7,7 @@ import json
 import click
 from tabulate import tabulate
 
-from memplan.cli.common import CONTEXT_SETTINGS, config_kwargs, estimate_options, handle_errors
+from memplan.cli.common import CONTEXT_SETTINGS, config_kwargs, estimate_options, handle_errors, host_ram_bytes
 from memplan.errors import MemplanError
 from memplan.units import GiB
 
@@ -92,7 +92,8 @@ def advise(min_headroom, as_json, **opts):
     if min_headroom is not None and min_headroom < 0:
         raise MemplanError(f"--min-headroom must be 0 or more GiB, got {min_headroom}.")
     advice = run(opts["model"], opts["gpu"], opts["method"], gpu_file=opts.get("gpu_file"),
-                 min_headroom=None if min_headroom is None else int(min_headroom * GiB), **config_kwargs(opts))
+                 min_headroom=None if min_headroom is None else int(min_headroom * GiB),
+                 host_ram=host_ram_bytes(opts), **config_kwargs(opts))
     click.echo(json.dumps(advice.to_dict(), indent=2) if as_json else advice_text(advice))
 
 

@@ -104,28 +104,43 @@ def impl_options(f):
     return f
 
 
-def memory_options(f):
-    """--weights: how the block linears are stored (and later options that change a run's memory)."""
-    for opt in reversed([
-        click.option("--weights", type=click.Choice(["bf16", "int8", "nf4"]), default=None,
-                     help="Block linears as bf16 (unquantized), int8 (Q-GaLore / Q-APOLLO: groups of 256) or "
-                          "nf4 (QLoRA: bitsandbytes, double quantization). Default: the method's own."),
-        click.option("--offload", type=click.Choice(["none", "optimizer", "optimizer+gradients"]), default="none",
-                     show_default=True, help="Optimizer state (and gradients) in host memory, stepped on the CPU "
-                                             "(torchao CPUOffloadOptimizer); the host figure is reported."),
-        click.option("--loss", type=click.Choice(["standard", "fused-chunked"]), default="standard",
+_OFFLOAD = click.option("--offload", type=click.Choice(["none", "optimizer", "optimizer+gradients"]), default="none",
+                        show_default=True, help="Optimizer state (and gradients) in host memory, stepped on the CPU "
+                                                "(torchao CPUOffloadOptimizer); the host figure is reported.")
+_LOSS = click.option("--loss", type=click.Choice(["standard", "fused-chunked"]), default="standard",
                      show_default=True, help="fused-chunked: head + cross-entropy fused in chunks, no full logits "
-                                             "(Liger's fused linear cross-entropy)."),
-        click.option("--loss-chunk", type=int, default=None,
-                     help="Tokens per chunk of --loss fused-chunked (default: Liger's for the shape)."),
-        click.option("--host-ram", type=float, default=None,
-                     help="GiB of host RAM: also check that an --offload run's host memory fits."),
-    ]):
+                                             "(Liger's fused linear cross-entropy).")
+_LOSS_CHUNK = click.option("--loss-chunk", type=int, default=None,
+                           help="Tokens per chunk of --loss fused-chunked (default: Liger's for the shape).")
+_WEIGHTS = click.option("--weights", type=click.Choice(["bf16", "int8", "nf4"]), default=None,
+                        help="Block linears as bf16 (unquantized), int8 (Q-GaLore / Q-APOLLO: groups of 256) or "
+                             "nf4 (QLoRA: bitsandbytes, double quantization). Default: the method's own.")
+_HOST_RAM = click.option("--host-ram", type=float, default=None,
+                         help="GiB of host RAM: also check that an --offload run's host memory fits.")
+
+
+def _apply(f, opts):
+    for opt in reversed(opts):
         f = opt(f)
     return f
 
 
+def memory_options(f):
+    """--weights, --offload, --loss, --loss-chunk: options of one method's run that change its memory."""
+    return _apply(f, [_WEIGHTS, _OFFLOAD, _LOSS, _LOSS_CHUNK])
+
+
+def shared_memory_options(f):
+    """--offload, --loss, --loss-chunk for commands over several methods (each keeps its own weights)."""
+    return _apply(f, [_OFFLOAD, _LOSS, _LOSS_CHUNK])
+
+
+def host_ram_option(f):
+    return _HOST_RAM(f)
+
+
 def estimate_options(f):
+    f = host_ram_option(f)
     f = memory_options(f)
     f = impl_options(f)
     f = click.option("--gpu", "-g", default=None,

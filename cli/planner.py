@@ -8,7 +8,7 @@ import click
 from click.core import ParameterSource
 
 from memplan.cli.common import (CONTEXT_SETTINGS, config_kwargs, handle_errors, memory_options, model_options,
-                                run_options)
+                                run_options, shared_memory_options)
 from memplan import limits
 from memplan.errors import MemplanError
 from memplan.units import GiB
@@ -52,10 +52,36 @@ def _run_opts(f):
     return run_options(f)
 
 
+def _accepting(model, names, kw) -> tuple[list[str], list[str]]:
+    """The methods that take --offload / --loss as given, and those left out (offload: torch optimizers only)."""
+    from memplan.methods import METHODS
+    from memplan.planner import make_config
+
+    names = names if names is not None else list(METHODS)
+    if kw.get("offload", "none") == "none":
+        return names, []
+    keep, left = [], []
+    for name in names:
+        try:
+            make_config(model, name, **{**kw, "rank": 1})
+            keep.append(name)
+        except MemplanError:
+            left.append(name)
+    if not keep:
+        raise MemplanError(f"No method given takes --offload {kw['offload']}: it models torchao's "
+                           "CPUOffloadOptimizer around adamw, sgd, adafactor or lora.")
+    return keep, left
+
+
+def _left_out_note(left: list[str], kw: dict) -> str:
+    return (f"\nLeft out (they do not take --offload {kw.get('offload')}): {', '.join(left)}." if left else "")
+
+
 @click.command(context_settings=CONTEXT_SETTINGS)
 @model_options
 @click.option("--gpu", "-g", required=True, help=GPU_HELP)
 @click.option("--methods", default=None, help="Comma-separated methods (default: all; see 'memplan methods').")
+@shared_memory_options
 @_run_opts
 @click.pass_context
 @handle_errors
@@ -84,15 +110,16 @@ def fit(ctx, gpu, methods, as_json, **opts):
     lw, ck = kw.pop("layerwise"), kw.pop("checkpointing")
     layerwise = (lw,) if _given(ctx, "layerwise") else (False, True)
     checkpointing = (ck,) if _given(ctx, "checkpointing") else (False, True)
-    rows = fit_report(opts["model"], g, _names(methods, "--methods"), layerwise=layerwise, checkpointing=checkpointing, **kw)
-    config = make_config(opts["model"], **kw)
+    names, left_out = _accepting(opts["model"], _names(methods, "--methods"), kw)
+    rows = fit_report(opts["model"], g, names, layerwise=layerwise, checkpointing=checkpointing, **kw)
+    config = make_config(opts["model"], names[0], **kw)
     if as_json:
         shared = {"model": config.model.name, "precision": config.precision, "batch_size": config.batch_size,
                   "seq_len": config.seq_len}
         click.echo(json.dumps({**shared, "gpu": g.id, "gpu_name": g.name, "capacity_bytes": capacity_bytes(g),
                                "rows": [r.to_dict() for r in rows], "units": "bytes"}, indent=2))
     else:
-        click.echo(fit_table(rows, g, config))
+        click.echo(fit_table(rows, g, config) + _left_out_note(left_out, kw))
     if not any(r.fits for r in rows):
         raise SystemExit(NOTHING_FITS)
 
@@ -101,6 +128,7 @@ def fit(ctx, gpu, methods, as_json, **opts):
 @model_options
 @click.option("--methods", default=None, help="Comma-separated methods (default: all; see 'memplan methods').")
 @click.option("--gpu", "-g", default=None, help="Add fit and headroom columns for this GPU. " + GPU_HELP)
+@shared_memory_options
 @_run_opts
 @handle_errors
 def compare(gpu, methods, as_json, **opts):
@@ -118,12 +146,14 @@ def compare(gpu, methods, as_json, **opts):
     from memplan.estimator import capacity_bytes
     from memplan.planner import compare as run
 
-    rows = run(opts["model"], _names(methods, "--methods"), gpu=gpu, gpu_file=opts["gpu_file"], **config_kwargs(opts))
+    kw = config_kwargs(opts)
+    names, left_out = _accepting(opts["model"], _names(methods, "--methods"), kw)
+    rows = run(opts["model"], names, gpu=gpu, gpu_file=opts["gpu_file"], **kw)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
     g = rows[0].estimate.gpu
-    click.echo(compare_table(rows, g, capacity_bytes(g) if g is not None else None))
+    click.echo(compare_table(rows, g, capacity_bytes(g) if g is not None else None) + _left_out_note(left_out, kw))
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

@@ -51,6 +51,12 @@ def config_line(c: TrainingConfig, per_gpu: bool = False, method: bool = True) -
         parts.append("per-layer update")
     if c.checkpointing:
         parts.append("checkpointing")
+    if method and c.weights:
+        parts.append(f"{c.weights} weights")
+    if c.offload != "none":
+        parts.append(f"offload {c.offload}")
+    if c.loss != "standard":
+        parts.append(f"{c.loss} loss" + (f" (chunk {c.loss_chunk})" if c.loss_chunk else ""))
     return " | ".join(parts)
 
 

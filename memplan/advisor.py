@@ -187,8 +187,8 @@ def _alternatives(config: TrainingConfig) -> list[str]:
 class Search:
     """Fits against one GPU with a headroom goal; memoized (the advisor asks the same runs often)."""
 
-    def __init__(self, gpu: GPUProfile, goal: int):
-        self.gpu, self.goal, self._memo = gpu, goal, {}
+    def __init__(self, gpu: GPUProfile, goal: int, host_ram: int | None = None):
+        self.gpu, self.goal, self.host_ram, self._memo = gpu, goal, host_ram, {}
 
     def required(self, run: Run) -> int:
         key = (run.config, run.layout, run.num_gpus)
@@ -197,6 +197,11 @@ class Search:
         return self._memo[key]
 
     def ok(self, run: Run) -> bool:
+        if self.host_ram is not None and run.config.offload != "none":
+            from memplan.estimator import estimate_config
+
+            if estimate_config(run.config).host_bytes > self.host_ram:  # the offloaded state must fit the host
+                return False
         return self.required(run) + self.goal <= capacity_bytes(self.gpu)
 
 
@@ -295,16 +300,17 @@ def _rank_key(o: Option):
 # ---------------------------------------------------------------- the advice
 
 def advise_config(config: TrainingConfig, gpu: GPUProfile, *, layout: str = "single", num_gpus: int = 1,
-                  min_headroom: int | None = None) -> Advice:
+                  min_headroom: int | None = None, host_ram: int | None = None) -> Advice:
     """The advice for `config` on `gpu`. `min_headroom`: bytes to keep free (None: 0, or
-    TIGHT_SHARE of the GPU for a run that already fits with less than that)."""
+    TIGHT_SHARE of the GPU for a run that already fits with less than that). `host_ram`: bytes of
+    host memory; an offloading change whose host figure exceeds it does not count as fitting."""
     cap = capacity_bytes(gpu)
     run = Run(config, layout, num_gpus)
     need = per_gpu(config, layout, num_gpus).device_total_bytes
     if min_headroom is None:
         tight = int(TIGHT_SHARE * cap)
         min_headroom = tight if 0 <= cap - need < tight else 0
-    s = Search(gpu, min_headroom)
+    s = Search(gpu, min_headroom, host_ram)
     if s.ok(run):
         return Advice(run, gpu, cap, need, min_headroom, (), (), ())
 
@@ -338,9 +344,9 @@ def _pairs(run: Run, s: Search) -> list[Option]:
 
 
 def advise(model, gpu, method: str | None = None, *, gpu_file=None, layout: str = "single", num_gpus: int = 1,
-           min_headroom: int | None = None, **options) -> Advice:
+           min_headroom: int | None = None, host_ram: int | None = None, **options) -> Advice:
     """What to change so that a run fits `gpu`. `model`: a TrainingConfig, or a model spec with
     `method` and TrainingConfig options (rank, batch_size, seq_len, layerwise, checkpointing, ...)."""
     config = make_config(model, method, **options)
     return advise_config(config, resolve_gpu(gpu, gpu_file), layout=layout, num_gpus=num_gpus,
-                         min_headroom=min_headroom)
+                         min_headroom=min_headroom, host_ram=host_ram)

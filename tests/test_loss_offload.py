@@ -134,3 +134,28 @@ def test_cli_reports_the_host_figure_and_the_options():
     assert d["config"]["weights"] == "int8" and d["impl"] == "q-apollo"
     r = CliRunner().invoke(cli, ["estimate", "--model", "llama-7b", "--method", "adamw", "--weights", "nf4"])
     assert r.exit_code == 2 and r.output.startswith("Error: ")
+
+
+def test_fit_and_compare_take_offload_and_loss_and_say_who_is_left_out():
+    r = CliRunner().invoke(cli, ["fit", "--model", "llama-7b", "--gpu", "rtx-4090", "--offload", "optimizer+gradients",
+                                 "--layerwise", "--checkpointing"])
+    assert r.exit_code == 0, r.output
+    assert "offload optimizer+gradients" in r.output and "Left out (they do not take --offload" in r.output
+    assert "galore" in r.output.split("Left out")[1] and "\nadamw " in r.output
+    r = CliRunner().invoke(cli, ["compare", "--model", "llama3-8b", "--methods", "adamw,galore,qlora",
+                                 "--loss", "fused-chunked", "--json"])
+    rows = {d["method"]: d for d in json.loads(r.output)}
+    std = memplan.estimate("llama3-8b", "galore").peak_bytes
+    assert rows["galore"]["peak_allocated_bytes"] == memplan.estimate("llama3-8b", "galore", loss="fused-chunked").peak_bytes
+    assert rows["galore"]["peak_allocated_bytes"] <= std
+    r = CliRunner().invoke(cli, ["compare", "--model", "llama-7b", "--methods", "galore", "--offload", "optimizer"])
+    assert r.exit_code == 2 and r.output.startswith("Error: No method given takes --offload")
+
+
+def test_advise_keeps_offload_within_the_host_ram():
+    from memplan.advisor import advise
+
+    roomy = advise("llama-7b", "rtx-4090", "adamw")
+    tight = advise("llama-7b", "rtx-4090", "adamw", host_ram=32 * 2**30)
+    offloads = lambda a: [o for o in a.single + a.pairs if any(c.key == "offload" for c in o.changes)]  # noqa: E731
+    assert offloads(roomy) and not offloads(tight)
