@@ -123,28 +123,12 @@ def fake_replay(name: str) -> dict:
 
 
 def estimate(name: str) -> dict:
+    """memplan's estimate of the point, with the options benchmarks/cuda_compare.py passes."""
     import cuda_check as cc
-    import memplan
-    s = cc.POINTS[name]
-    method, impl, opts = METHODS[s["optim"]]
-    model = s["model"]
-    tmp = None
-    if model in cc.EXTRA_CONFIGS:
-        tmp = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-        json.dump(cc.EXTRA_CONFIGS[model], tmp)
-        tmp.close()
-        model = tmp.name
-    try:
-        e = memplan.estimate(model, method, impl=impl, batch_size=s["batch"], seq_len=s["seq"],
-                             checkpointing=bool(s.get("checkpointing")), **opts)
-    finally:
-        if tmp is not None:
-            os.unlink(tmp.name)
-    out = {"peak_allocated": e.peak_bytes, "device_total": e.device_total_bytes, "overhead": e.overhead}
-    reserved = getattr(e, "reserved_bytes", None)
-    if reserved is not None:
-        out["reserved"] = reserved
-    return out
+    from cuda_compare import estimate_for
+    e, _missing = estimate_for({"settings": cc.POINTS[name]})
+    return {"peak_allocated": e.peak_bytes, "reserved": e.reserved_bytes, "device_total": e.device_total_bytes,
+            "overhead": e.overhead}
 
 
 def compare_point(rec: dict, results_dir: Path) -> dict:

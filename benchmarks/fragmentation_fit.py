@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,8 +75,7 @@ def grid_points() -> list[dict]:
 
 def cuda_points() -> list[dict]:
     import cuda_check as cc
-    import memplan
-    from cuda_fake_replay import METHODS
+    from cuda_compare import estimate_for
     path = RESULTS / "cuda_fake_replay.json"
     if not path.is_file():
         return []
@@ -85,14 +83,7 @@ def cuda_points() -> list[dict]:
     for r in json.loads(path.read_text())["points"]:
         fr = r.get("fake_replay", {})
         s = cc.POINTS[r["point"]]
-        method, impl, opts = METHODS[s["optim"]]
-        model = s["model"]
-        with tempfile.TemporaryDirectory() as tmp:
-            if model in cc.EXTRA_CONFIGS:
-                model = str(Path(tmp) / "config.json")
-                Path(model).write_text(json.dumps(cc.EXTRA_CONFIGS[s["model"]]))
-            est = memplan.estimate(model, method, impl=impl, batch_size=s["batch"], seq_len=s["seq"],
-                                   checkpointing=bool(s.get("checkpointing")), **opts)
+        est, _missing = estimate_for({"settings": s})  # the options benchmarks/cuda_compare.py passes
         out.append({"point": f"cuda {r['point']}", "x": _features(est, bool(s.get("checkpointing"))),
                     "replay_allocated": fr.get("max_allocated"), "replay_reserved": fr.get("max_reserved"),
                     "estimate_peak": est.peak_bytes, "real_reserved": r["real"]["max_reserved"],

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from memplan.units import MiB
 
-GRADIENT_SHARE = 0.26
+GRADIENT_SHARE = 0.27
 ACTIVATION_SHARE = 0.04
 CHECKPOINT_BLOCKS = 4.0
 LAYERWISE_SHARE = 0.05
