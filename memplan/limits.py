@@ -27,9 +27,8 @@ class Bound:
 HIDDEN = Bound(1, 1 << 17, "the widest published transformers have hidden sizes of 12,288 to 25,600")
 FFN = Bound(1, 1 << 20, "the widest published MLPs have 53,248 to 73,728 units")
 HEADS = Bound(1, 1 << 12, "published models have at most a few hundred attention heads")
-LAYERS = Bound(1, 1024, "the deepest published language models have under 200 layers (DeepNet's 1,000 are the "
-                        "research extreme), and the optimizer walks visit every tensor, so deeper would not "
-                        "answer within a second")
+LAYERS = Bound(1, 256, "the deepest published language models have under 200 layers (Llama 3.1 405B: 126), and "
+                       "the planner's per-tensor walks would take over a second on deeper ones")
 VOCAB = Bound(1, 1 << 24, "the largest published vocabularies have about 256,000 tokens")
 POSITIONS = Bound(1, 1 << 24, "the longest published contexts are about 10 million tokens")
 TYPE_VOCAB = Bound(0, 1 << 16, "BERT-style token-type tables have 1 or 2 rows")

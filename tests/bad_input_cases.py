@@ -116,8 +116,8 @@ def _est(file: str) -> tuple[str, ...]:
 
 CLI: list[Case] = [
     # sizes out of bounds: refused at once, naming the key, the bound and why
-    Case("layers 10^6", _est("layers_1e6.json"), "'num_hidden_layers' must be between 1 and 1,024"),
-    Case("layers 10^7", _est("layers_1e7.json"), "'num_hidden_layers' must be between 1 and 1,024"),
+    Case("layers 10^6", _est("layers_1e6.json"), "'num_hidden_layers' must be between 1 and 256"),
+    Case("layers 10^7", _est("layers_1e7.json"), "'num_hidden_layers' must be between 1 and 256"),
     Case("layers 10^12", _est("layers_1e12.json"), "under 200 layers"),
     Case("plan on 10^12 layers", ("plan", "--model", "{d}/layers_1e12.json"), "'num_hidden_layers'"),
     Case("hidden 2^40", _est("hidden_2e40.json"), "'hidden_size' must be between 1 and 131,072"),
