@@ -113,9 +113,9 @@ class Advice:
 # ---------------------------------------------------------------- the costs, each from a source
 
 CHECKPOINTING = Change("checkpointing", "--checkpointing", 0,
-                       "re-computes each block's forward in backward, about 30-40% slower",
-                       "Korthikanti et al., Reducing Activation Recomputation in Large Transformer Models "
-                       "(MLSys 2023), Sec. 1")
+                       "re-computes each block's forward in backward: one extra forward pass, about a third more "
+                       "compute", "Chen et al., Training Deep Nets with Sublinear Memory Cost (2016), abstract "
+                       "(a backward pass costs about two forwards)")
 LAYERWISE = Change("layerwise", "--layerwise", 0,
                    "steps each weight during backward: no gradient accumulation, no global clipping, one GPU",
                    "GaLore (Zhao et al., ICML 2024), Sec. 4.3 and the galore-torch README")
@@ -142,8 +142,9 @@ OFFLOAD = ("offload", 0, "optimizer state and step on the CPU: weights and gradi
            "torchao 0.18 CPUOffloadOptimizer docstring")
 OFFLOAD_GRADS = ("offload", 0, "as --offload optimizer, and gradients leave the GPU: no gradient accumulation",
                  "torchao 0.18 CPUOffloadOptimizer docstring (offload_gradients)")
-FUSED_LOSS = ("loss", 0, "head and cross-entropy fused in chunks, no full logits: same loss, about 20% faster "
-              "end to end", "Hsu et al., Liger Kernel: Efficient Triton Kernels for LLM Training (2024), abstract")
+FUSED_LOSS = ("loss", 0, "head and cross-entropy fused in chunks, no full logits: same loss; the Liger suite "
+              "reports ~20% more throughput", "Hsu et al., Liger Kernel: Efficient Triton Kernels for LLM "
+              "Training (2024), abstract")
 
 EIGHTBIT_TWIN = {"adamw": "adam8bit", "galore": "galore8bit", "gradnormlorp": "gradnormlorp8bit"}
 
