@@ -218,7 +218,7 @@ def snapshot_support() -> str | None:
 
 def read_snapshot(data: bytes) -> dict:
     """A snapshot's summary from memplan.snapshot_report.analyze (restricted unpickler: no code runs)."""
-    from memplan.snapshot import loads
+    from memplan.snapshot import UPLOAD_MAX_BYTES, loads
     from memplan.snapshot_report import analyze
 
-    return analyze(loads(data))
+    return analyze(loads(data, UPLOAD_MAX_BYTES))

@@ -15,17 +15,17 @@ from memplan.units import GiB, MiB
 
 FREE_COLOR = "#d9d9d9"
 MAP_SEGMENTS = 60  # the largest segments drawn in the map
-UPLOAD_LIMIT = 256 * MiB
+UPLOAD_LIMIT = 16 * MiB  # memplan.snapshot.UPLOAD_MAX_BYTES: a served dashboard reads no more
 
 
 def read(data: bytes):
     """(snapshot, analysis, replay or None, why no replay) from the uploaded bytes."""
     from memplan.errors import MemplanError
     from memplan.replay import replay
-    from memplan.snapshot import loads
+    from memplan.snapshot import UPLOAD_MAX_BYTES, loads
     from memplan.snapshot_report import analyze
 
-    snap = loads(data)
+    snap = loads(data, UPLOAD_MAX_BYTES)
     a = analyze(snap)
     try:
         return snap, a, replay(snap), ""

@@ -27,9 +27,12 @@ from dataclasses import dataclass, field
 from memplan.errors import MemplanError
 
 __all__ = ["load", "loads", "Snapshot", "SnapSegment", "SnapBlock", "Event", "UnsafeSnapshotError",
-           "MAX_BYTES", "MAX_EVENTS", "MAX_BLOCKS"]
+           "MAX_BYTES", "UPLOAD_MAX_BYTES", "MAX_EVENTS", "MAX_BLOCKS"]
 
-MAX_BYTES = 1 << 30  # decompressed pickle: 1 GiB (the largest public snapshot we know is 4 MB)
+# Decompressed pickle bytes. The public snapshots we know are 4 MB at most; a pickle's objects can take
+# 15x its bytes in memory (one-character strings), so the cap is what bounds the reader's memory.
+MAX_BYTES = 128 << 20  # a file the user reads with `memplan snapshot` (their own run): 30x the largest known
+UPLOAD_MAX_BYTES = 16 << 20  # an upload to a served dashboard: a few hundred MB of objects at worst
 MAX_EVENTS = 2_000_000  # trace events, all devices, counted with repeats (a 200,000-entry ring holds 10x less)
 MAX_BLOCKS = 1_000_000  # blocks, all segments
 MAX_VALUE = 1 << 63  # a size or address at or past this is not a CUDA one
@@ -124,24 +127,33 @@ def _list(value, what: str) -> list:
     return value
 
 
-def _decompress(data: bytes) -> bytes:
+def _too_large(max_bytes: int, what: str) -> MemplanError:
+    hint = ("; read it with 'memplan snapshot FILE' on your own machine" if max_bytes < MAX_BYTES
+            else "; record fewer events (_record_memory_history(max_entries=...))")
+    what = f" {what}" if what else ""
+    return MemplanError(f"The snapshot is larger than {max_bytes >> 20} MiB{what}: refusing to read it{hint}")
+
+
+def _decompress(data: bytes, max_bytes: int) -> bytes:
     if data[:2] != b"\x1f\x8b":
         return data
-    try:
+    try:  # inflated in pieces and stopped at the cap: a gzip bomb costs at most max_bytes
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
-            out = f.read(MAX_BYTES + 1)
+            out = f.read(max_bytes + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise MemplanError(f"Not a CUDA memory snapshot: broken gzip data ({e})") from None
-    if len(out) > MAX_BYTES:
-        raise MemplanError(f"The snapshot is larger than {MAX_BYTES >> 30} GiB uncompressed; refusing to read it")
+    if len(out) > max_bytes:
+        raise _too_large(max_bytes, "uncompressed")
     return out
 
 
-def loads_raw(data: bytes) -> dict:
-    """The file's dict, unpickled with every global refused (gzip is undone first)."""
-    if len(data) > MAX_BYTES:
-        raise MemplanError(f"The snapshot is larger than {MAX_BYTES >> 30} GiB; refusing to read it")
-    data = _decompress(data)
+def loads_raw(data: bytes, max_bytes: int = MAX_BYTES) -> dict:
+    """The file's dict, unpickled with every global refused (gzip is undone first).
+
+    ``max_bytes``: the largest pickle accepted, before and after decompression."""
+    if len(data) > max_bytes:
+        raise _too_large(max_bytes, "")
+    data = _decompress(data, max_bytes)
     try:
         raw = _PlainUnpickler(io.BytesIO(data)).load()
     except UnsafeSnapshotError:
@@ -213,8 +225,8 @@ def from_dict(raw: dict) -> Snapshot:
     return Snapshot(mine, trace, device, settings if isinstance(settings, dict) else None, devices)
 
 
-def loads(data: bytes) -> Snapshot:
-    return from_dict(loads_raw(data))
+def loads(data: bytes, max_bytes: int = MAX_BYTES) -> Snapshot:
+    return from_dict(loads_raw(data, max_bytes))
 
 
 def load(path) -> Snapshot:

@@ -178,3 +178,15 @@ def test_real_h200_step_replays_and_splits_like_the_estimate():
     assert 0 <= a["parameters"] - ph["parameters"] < 512 * 200  # every weight, from module construction frames
     assert 0 <= a["optimizer_states"] - ph["optimizer_states"] < 512 * 400  # two AdamW moments (_init_group)
     assert 0 <= a["gradients"] - ph["gradients"] <= 64 << 20  # + the autograd thread's 32 MiB cuBLAS workspace
+
+
+def test_gzip_bomb_is_refused_at_the_cap_without_inflating_it_all():
+    """A 20 KB gzip that inflates to 20 MiB: an upload to the dashboard stops at 16 MiB."""
+    import gzip as _gzip
+
+    from memplan.errors import MemplanError
+    from memplan.snapshot import UPLOAD_MAX_BYTES, loads
+    bomb = _gzip.compress(b"\0" * (20 << 20), compresslevel=9)
+    assert len(bomb) < 64 << 10
+    with pytest.raises(MemplanError, match="larger than 16 MiB uncompressed"):
+        loads(bomb, UPLOAD_MAX_BYTES)
