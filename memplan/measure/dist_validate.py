@@ -61,7 +61,9 @@ def judge(cfg: DistConfig, est, ranks: list[dict], seconds: float) -> dict:
     e = _summary_estimate(est)
     m = summaries[worst]
     error, failures = compare(e, m)
-    failures = [f for f in failures if not f.startswith("peak:")]
+    # the distributed gate is the one this module's docstring states (persistent categories exact,
+    # peak within DIST_TOLERANCE, same phase), not the single-GPU split gate of validate.compare
+    failures = [f for f in failures if not f.startswith(("peak:", "activations:", "transients:"))]
     if abs(error["peak"]["relative"]) > DIST_TOLERANCE:
         failures.append(f"peak: {error['peak']['relative']:+.2%} (limit {DIST_TOLERANCE:.0%})")
     m = {**m, "rank": worst if cfg.device == "cpu" else 0}
