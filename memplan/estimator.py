@@ -172,7 +172,23 @@ def _check_offload_and_loss(c: TrainingConfig, method: Method) -> None:
             raise MemplanError("--loss-chunk sets the chunk of --loss fused-chunked: add --loss fused-chunked.")
 
 
+_VALID_IMPL_OPTIONS: set = set()  # option sets already checked: the checks are pure, only failures repeat
+
+
 def _check_impl_options(c: TrainingConfig, method: Method) -> None:
+    try:  # each value with its type: 0 and False (or 1 and True) are equal keys but not equally valid
+        key = (method.name, *((type(v), v) for v in (c.weights, c.offload, c.loss, c.loss_chunk, c.impl, c.momentum,
+                                                      c.beta1)))
+        if key in _VALID_IMPL_OPTIONS:
+            return
+    except TypeError:  # an unhashable value: checked (and refused) below
+        key = None
+    _check_impl_options_now(c, method)
+    if key is not None and len(_VALID_IMPL_OPTIONS) < 4096:
+        _VALID_IMPL_OPTIONS.add(key)
+
+
+def _check_impl_options_now(c: TrainingConfig, method: Method) -> None:
     from memplan.impls import NO_BETA1, get_impl
 
     _check_weights(c, method)
@@ -215,6 +231,13 @@ def knobs_of(c: TrainingConfig, adapter_bytes: int = 0, frozen_other: bool = Tru
 
 
 def _smallest_projected_dim(model: ModelProfile, targets) -> int:
+    if targets is None or isinstance(targets, tuple):  # hashable: cached (every estimate with a rank asks)
+        return _smallest_projected_dim_cached(model, targets)
+    return _smallest_projected_dim_cached.__wrapped__(model, targets)
+
+
+@lru_cache(maxsize=1024)
+def _smallest_projected_dim_cached(model: ModelProfile, targets) -> int:
     return min(min(s.shape) for s, _ in shape_groups(model, resolve_targets(model, targets)) if s.projected)
 
 
@@ -372,12 +395,14 @@ class Estimate:
 
     @property
     def peak_phase(self) -> str:
-        return max(PHASES, key=lambda p: (sum(self.phases[p].values()), -PHASES.index(p)))
+        """The phase with the most allocated bytes (the earliest of equal ones)."""
+        totals = [sum(self.phases[p].values()) for p in PHASES]
+        return PHASES[totals.index(max(totals))]
 
     @property
     def peak_bytes(self) -> int:
         """Allocated bytes at the peak: what the tensors hold."""
-        return sum(self.phases[self.peak_phase].values())
+        return max(sum(self.phases[p].values()) for p in PHASES)
 
     @property
     def device_total_bytes(self) -> int:
@@ -432,18 +457,19 @@ class Estimate:
         return out
 
 
-def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimate:
-    from memplan.impls import get_impl, knobs
+@lru_cache(maxsize=4096)
+def _step_terms(model: ModelProfile, targets, method_name: str, impl_name_: str, kn, wfmt: str, precision: str,
+                r: int, train_other: bool, layerwise: bool, offload_mode: str) -> tuple:
+    """What a step holds and allocates that does not depend on the batch or the sequence: bytes of
+    parameters, gradients, states, projectors and host copies, the parameter counts, the largest and
+    first gradients and the step and refresh transients. Cached: sweeps, the planner's searches and
+    the dashboard ask for the same terms with many batch sizes and sequence lengths. Keyed by the
+    method's and implementation's names: hashing the records themselves costs more than the lookup."""
+    from memplan.impls import get_impl
 
-    method = METHODS[get_method(c.method).name]
-    impl = get_impl(method.name, impl_name(c))
-    kn = knobs(impl, c.momentum, c.beta1)
-    wfmt = weight_format(c)
-    prec = PRECISIONS[c.precision]
-    targets = resolve_targets(c.model, c.target_modules)
-    train_other = method.train_non_target if c.train_non_target is None else c.train_non_target
-    r = c.rank if method.uses_rank else 0
-    tensors = _tensors(c.model, targets, method, r, train_other)
+    method, impl = METHODS[method_name], get_impl(method_name, impl_name_)
+    prec = PRECISIONS[precision]
+    tensors = _tensors(model, targets, method, r, train_other)
 
     params = grads = states = projs = host = pinned = 0
     n_params = n_trainable = 0
@@ -465,7 +491,7 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
         n_trainable += n * numel
         grads += n * numel * gb
         if role == "expert":  # one 3-D parameter holds all E experts: n counts experts, the rules see it whole
-            E = c.model.num_local_experts
+            E = model.num_local_experts
             col = shape.n
             shape, n = Shape(shape.m * E, shape.n, False), n // E
             numel = shape.numel
@@ -473,17 +499,17 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
         if role == "expert" and method.name == "adafactor":
             st += (E - 1) * col * 4  # Adafactor factors over the last two dims: a column factor per expert
         largest_grad = max(largest_grad, numel * gb)
-        if offload.offloaded(c.offload, numel):  # state and CPU step on the host (memplan/offload.py)
+        if offload.offloaded(offload_mode, numel):  # state and CPU step on the host (memplan/offload.py)
             h, pin = offload.host_bytes(numel, pb, gb, st + pj)
             host, pinned = host + n * h, pinned + n * pin
-            if c.offload == "optimizer+gradients":
+            if offload_mode == "optimizer+gradients":
                 grads -= n * numel * gb  # dropped from the device once copied: only one in flight
             continue
         states += n * st
         projs += n * pj
-        if role == "embedding" and c.model.tie_word_embeddings:
+        if role == "embedding" and model.tie_word_embeddings:
             tied_grad = numel * gb
-        if role == "head" or (role == "embedding" and c.model.tie_word_embeddings and c.model.is_decoder):
+        if role == "head" or (role == "embedding" and model.tie_word_embeddings and model.is_decoder):
             first_grad = max(first_grad, numel * gb)
             first_step_temp = max(first_step_temp, impl.step_temp(shape, r, s, kn))
         step_temp = max(step_temp, impl.step_temp(shape, r, s, kn))
@@ -491,17 +517,35 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
         if method.eightbit and quantized(r * shape.K if low_rank else numel):
             n_quantized += n
     if impl.refresh_temp is not None:  # one projected (or, for ReLoRA, adapted) weight at a time
-        refresh_temp = max(impl.refresh_temp(shape, r, prec.grad, kn) for shape, _, _ in _groups(c.model, targets)
+        refresh_temp = max(impl.refresh_temp(shape, r, prec.grad, kn) for shape, _, _ in _groups(model, targets)
                            if shape.projected)
-    if (impl.sequence_temp or impl.sequence_refresh) and not c.layerwise and c.offload == "none":
-        order = _step_order(c.model, targets, method, r, train_other, impl.regular_first)
+    if (impl.sequence_temp or impl.sequence_refresh) and not layerwise and offload_mode == "none":
+        order = _step_order(model, targets, method, r, train_other, impl.regular_first)
         seq_step, seq_refresh = _sequence_temps(impl, order, r, prec.grad, kn)
         if impl.sequence_temp:
             step_temp = seq_step
         if impl.sequence_refresh:
             refresh_temp = seq_refresh
     if n_quantized:  # shared quantization maps: once, or once per optimizer (bitsandbytes per layer)
-        states += QMAP_BYTES * (n_quantized if c.layerwise and impl.qmaps_per_optimizer else 1)
+        states += QMAP_BYTES * (n_quantized if layerwise and impl.qmaps_per_optimizer else 1)
+    return (params, grads, states, projs, host, pinned, n_params, n_trainable, largest_grad, first_grad,
+            first_step_temp, step_temp, tied_grad, refresh_temp)
+
+
+def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimate:
+    from memplan.impls import get_impl, knobs
+
+    method = METHODS[get_method(c.method).name]
+    impl = get_impl(method.name, impl_name(c))
+    kn = knobs(impl, c.momentum, c.beta1)
+    wfmt = weight_format(c)
+    prec = PRECISIONS[c.precision]
+    targets = resolve_targets(c.model, c.target_modules)
+    train_other = method.train_non_target if c.train_non_target is None else c.train_non_target
+    r = c.rank if method.uses_rank else 0
+    (params, grads, states, projs, host, pinned, n_params, n_trainable, largest_grad, first_grad, first_step_temp,
+     step_temp, tied_grad, refresh_temp) = _step_terms(c.model, targets, method.name, impl.name, kn, wfmt, c.precision,
+                                                       r, train_other, c.layerwise, c.offload)
 
     adapted = _adapted_inputs(c.model, targets) if method.adapter else ()
     acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapted,

@@ -295,6 +295,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 
 
 def get_method(name: str) -> Method:
+    m = METHODS.get(name) if isinstance(name, str) else None
+    if m is not None:  # the exact name: every estimate asks, several times
+        return m
     from memplan.errors import unknown
 
     key = str(name).strip().lower().replace("-", "").replace("_", "")
