@@ -2,6 +2,7 @@
 
     python benchmarks/validate_dist.py            # issue rows, then the grid
     python benchmarks/validate_dist.py --grid-only
+    python benchmarks/validate_dist.py --rejudge   # today's estimates against the stored measurements
 """
 import json
 import sys
@@ -11,8 +12,27 @@ from pathlib import Path
 from memplan.measure.dist_validate import dist_grid, issue_rows, run_configs, summarize_dist
 
 
+def rejudge(out: Path) -> None:
+    """Recompute every point's estimate and verdict from its stored per-rank measurement (nothing reruns)."""
+    from memplan.measure.dist_validate import DistConfig, estimate_dist, judge
+    report = json.loads(out.read_text())
+    for name, part in report.items():
+        points = []
+        for p in part["points"]:
+            if not p.get("ranks"):
+                points.append(p)
+                continue
+            cfg = DistConfig(**p["config"])
+            points.append(judge(cfg, estimate_dist(cfg), p["ranks"], p["seconds"]))
+        part.update(points=points, summary=summarize_dist(points), passed=sum(p["passed"] for p in points))
+        print(f"{name}: {part['passed']}/{part['total']} pass")
+    out.write_text(json.dumps(report, indent=1))
+
+
 def main():
     out = Path(__file__).parent / "results" / "validate_dist.json"
+    if "--rejudge" in sys.argv:
+        return rejudge(out)
     parts = [("grid", dist_grid())] if "--grid-only" in sys.argv else [("issue", issue_rows()), ("grid", dist_grid())]
     report = {}
     if out.exists():  # keep the sections not rerun

@@ -6,7 +6,8 @@
 The estimate is the worst rank's; it is compared with the measured rank of highest peak:
 parameters, gradients, optimizer states and projectors to the byte (gradients: what is
 held at the end of backward, DDP's buckets included), the peak within
-``DIST_TOLERANCE`` and in the same phase. ``dist_grid()`` is ``memplan validate --grid
+``DIST_TOLERANCE`` and in the same phase; the split of the peak moment between
+activations and transients is reported, not judged. ``dist_grid()`` is ``memplan validate --grid
 dist`` (see there for which points).
 """
 from __future__ import annotations
@@ -61,9 +62,10 @@ def judge(cfg: DistConfig, est, ranks: list[dict], seconds: float) -> dict:
     e = _summary_estimate(est)
     m = summaries[worst]
     error, failures = compare(e, m)
-    # the distributed gate is the one this module's docstring states (persistent categories exact,
-    # peak within DIST_TOLERANCE, same phase), not the single-GPU split gate of validate.compare
-    failures = [f for f in failures if not f.startswith(("peak:", "activations:", "transients:"))]
+    # the targets here: the exact categories, the peak (DIST_TOLERANCE) and its phase. The split of the
+    # peak moment between activations and transients is reported, not judged: under FSDP2 the moment
+    # differs by a few MiB between the engine's own tensors and a backend's (gloo) buffers
+    failures = [f for f in failures if f.split(":")[0] in EXACT or f.startswith("peak phase")]
     if abs(error["peak"]["relative"]) > DIST_TOLERANCE:
         failures.append(f"peak: {error['peak']['relative']:+.2%} (limit {DIST_TOLERANCE:.0%})")
     m = {**m, "rank": worst if cfg.device == "cpu" else 0}
