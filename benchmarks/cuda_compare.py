@@ -53,7 +53,7 @@ def estimate_for(point: dict):
     fields = TrainingConfig.__dataclass_fields__
     missing = sorted(k for k in opts if k not in fields)
     opts = {k: v for k, v in opts.items() if k in fields}
-    return memplan.estimate(s["model"], method, **opts), missing
+    return memplan.estimate(s["model"], method, gpu="h200", **opts), missing  # the GPU measured: its context
 
 
 def replay(point: dict, results_dir: Path):
