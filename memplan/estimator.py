@@ -83,6 +83,8 @@ class TrainingConfig:
 
 
 def _positive(name: str, value, flag: str, bound):
+    if type(value) is int and 0 < value and bound.low <= value <= bound.high:  # the usual case, checked fast
+        return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise MemplanError(f"{name} must be a positive integer, got {value!r}. Use {flag} N with N >= 1.")
     limits.check_int(value, bound, f"{name} ({flag})")
@@ -177,8 +179,8 @@ _VALID_IMPL_OPTIONS: set = set()  # option sets already checked: the checks are 
 
 def _check_impl_options(c: TrainingConfig, method: Method) -> None:
     try:  # each value with its type: 0 and False (or 1 and True) are equal keys but not equally valid
-        key = (method.name, *((type(v), v) for v in (c.weights, c.offload, c.loss, c.loss_chunk, c.impl, c.momentum,
-                                                      c.beta1)))
+        w, o, lo, ch, im, mo, b1 = c.weights, c.offload, c.loss, c.loss_chunk, c.impl, c.momentum, c.beta1
+        key = (method.name, w, o, lo, ch, im, mo, b1, type(w), type(o), type(lo), type(ch), type(im), type(mo), type(b1))
         if key in _VALID_IMPL_OPTIONS:
             return
     except TypeError:  # an unhashable value: checked (and refused) below
@@ -226,8 +228,14 @@ def knobs_of(c: TrainingConfig, adapter_bytes: int = 0, frozen_other: bool = Tru
     """The model settings in effect (dropouts resolved from the model config when not given)."""
     ad = c.model.attention_dropout if c.attn_dropout is None else c.attn_dropout
     hd = c.model.hidden_dropout if c.hidden_dropout is None else c.hidden_dropout
-    return Knobs(attn=c.attn, attn_dropout=ad > 0, hidden_dropout=hd > 0, lora_dropout=c.lora_dropout > 0,
-                 adapter_bytes=adapter_bytes, frozen_other=frozen_other, cuda=c.kernels == "cuda")
+    return _knobs(c.attn, ad > 0, hd > 0, c.lora_dropout > 0, adapter_bytes, frozen_other, c.kernels == "cuda")
+
+
+@lru_cache(maxsize=256)
+def _knobs(attn, attn_dropout, hidden_dropout, lora_dropout, adapter_bytes, frozen_other, cuda) -> Knobs:
+    """One (frozen, shared) Knobs per combination: every estimate needs one."""
+    return Knobs(attn=attn, attn_dropout=attn_dropout, hidden_dropout=hidden_dropout, lora_dropout=lora_dropout,
+                 adapter_bytes=adapter_bytes, frozen_other=frozen_other, cuda=cuda)
 
 
 def _smallest_projected_dim(model: ModelProfile, targets) -> int:
@@ -581,7 +589,7 @@ def make_config(model, method: str | None = None, **options) -> TrainingConfig:
             changes["method"] = get_method(method).name
         return replace(model, **changes) if changes else model
     profile = load_model(model)
-    unknown_opts = set(options) - set(TrainingConfig.__dataclass_fields__)
+    unknown_opts = options.keys() - TrainingConfig.__dataclass_fields__.keys()
     if unknown_opts:
         raise MemplanError(f"Unknown option(s) {', '.join(sorted(unknown_opts))}. "
                            f"Allowed: {', '.join(f for f in TrainingConfig.__dataclass_fields__ if f != 'model')}.")
