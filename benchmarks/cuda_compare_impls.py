@@ -31,18 +31,17 @@ from memplan.impls import get_impl
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 
-# cuda_check.py optimizer kind -> (method, impl, estimate options)
-KINDS = {
-    "adamw-foreach": ("adamw", "torch-foreach", {}),
-    "adamw-fused": ("adamw", "torch-fused", {}),
-    "adamw-forloop": ("adamw", "torch-forloop", {}),
-    "sgd-m0": ("sgd", "torch", {"momentum": 0.0}),
-    "adafactor-hf": ("adafactor", "transformers", {}),
-    "adam8bit-bnb": ("adam8bit", "bitsandbytes", {}),
-    "galore-torch": ("galore", "galore-torch", {"rank": 128, "update_gap": 2}),
-    "galore8bit-torch": ("galore8bit", "galore-torch", {"rank": 128, "update_gap": 2}),
-    "lora-peft": ("lora", "peft", {"rank": 16, "lora_dropout": 0.05}),  # cuda_check.py's LoraConfig
-}
+
+
+def _kinds() -> dict:
+    """cuda_check.py optimizer kind -> (method, impl, estimate options): cuda_compare.py's table."""
+    import sys
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from cuda_compare import OPTIM
+    return {k: (m, o["impl"], {n: v for n, v in o.items() if n != "impl"}) for k, (m, o) in OPTIM.items()}
+
+
+KINDS = _kinds()
 
 
 def _block(b: int) -> int:

@@ -52,19 +52,6 @@ def _profile_data() -> None:
 
 _profile_data()
 
-# cuda_check optimizer kind -> (memplan method, implementation, options)
-METHODS = {
-    "adamw-foreach": ("adamw", "torch-foreach", {}),
-    "adamw-fused": ("adamw", "torch-fused", {}),
-    "adamw-forloop": ("adamw", "torch-forloop", {}),
-    "sgd-m0": ("sgd", "torch", {"momentum": 0.0}),
-    "adafactor-hf": ("adafactor", "transformers", {}),
-    "adam8bit-bnb": ("adam8bit", "bitsandbytes", {}),
-    "galore-torch": ("galore", "galore-torch", {"rank": 128, "update_gap": 2}),
-    "galore8bit-torch": ("galore8bit", "galore-torch", {"rank": 128, "update_gap": 2}),
-    "lora-peft": ("lora", "peft", {"rank": 16}),
-}
-
 
 def real_numbers(rec: dict) -> dict:
     st = rec["steps"][-1]
