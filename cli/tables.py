@@ -54,7 +54,9 @@ def _impl_part(est: Estimate) -> str:
 def model_knobs(est: Estimate) -> str:
     """'sdpa attention, dropout attn 0 / hidden 0.1': the model settings the activations follow."""
     k = est.model_knobs
-    text = f"{k['attn']} attention, dropout attn {k['attn_dropout']:g} / hidden {k['hidden_dropout']:g}"
+    text = f"{k['attn']} attention, dropout attn {k['attn_dropout']:g}"
+    if k["hidden_dropout"] is not None:  # None: the model's class has no residual dropout (LLaMA family)
+        text += f" / hidden {k['hidden_dropout']:g}"
     if METHODS[est.config.method].adapter:
         text += f" / lora {k['lora_dropout']:g}"
     return text

@@ -398,7 +398,9 @@ class Estimate:
         """The model settings the activations follow, dropouts resolved from the model config."""
         c = self.config
         return {"attn": c.attn, "attn_dropout": c.model.attention_dropout if c.attn_dropout is None else c.attn_dropout,
-                "hidden_dropout": c.model.hidden_dropout if c.hidden_dropout is None else c.hidden_dropout,
+                # the LLaMA-family classes (LLaMA, Mistral, Mixtral) have no dropout on the residual stream
+                "hidden_dropout": None if c.model.family == "llama" else
+                (c.model.hidden_dropout if c.hidden_dropout is None else c.hidden_dropout),
                 "lora_dropout": c.lora_dropout, "kernels": c.kernels}
 
     @property
