@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bad_input_cases import CLI, UPLOADS, cli_args, write_files  # noqa: E402
+from bad_input_cases import CLI, UPLOADS, cli_args, upload, write_files  # noqa: E402
 
 LIMIT_SECONDS = 1.0
 LIMIT_MIB = 300
@@ -89,14 +89,7 @@ def run_upload(up) -> tuple[float, float]:
 
     at = AppTest.from_file(str(ROOT / "app" / "dashboard.py"), default_timeout=60)
     at.run()
-    if up.target == "config":
-        next(w for w in at.sidebar.selectbox if w.key == "in_model").set_value(state.UPLOAD)
-        at.run()
-        at.sidebar.file_uploader[0].set_value((up.filename, up.content, "application/json"))
-    else:
-        at.switch_page("pages_validation.py").run()
-        key = "val_report" if up.target == "report" else "val_snapshot"
-        next(u for u in at.file_uploader if u.key == key).set_value((up.filename, up.content, "application/json"))
+    upload(at, up, state.UPLOAD)
     tracemalloc.start()
     t0 = time.perf_counter()
     at.run()

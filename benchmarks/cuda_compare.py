@@ -78,19 +78,9 @@ def trace_peak(point: dict, results_dir: Path) -> int | None:
     (remainder of 1 MiB or less in the large pool, under 512 B in the small one) counts in full,
     so it runs above the bytes the tensors asked for. The estimate models tensor bytes; the
     allocator model accounts for the blocks. This is the figure the estimate should meet."""
-    from memplan.snapshot import load
+    from memplan.measure.snapshot import load_snapshot, snapshot_peak
     path = results_dir / point["snapshot"]
-    if not path.exists():
-        return None
-    live, cur, peak = {}, 0, 0
-    for e in load(path).trace:
-        if e.action == "alloc":
-            live[e.addr] = e.size
-            cur += e.size
-            peak = max(peak, cur)
-        elif e.action == "free_completed":
-            cur -= live.pop(e.addr, 0)
-    return peak
+    return snapshot_peak(load_snapshot(path))["trace_peak_allocated"] if path.exists() else None
 
 
 def compare(point: dict, results_dir: Path, parent_nvml: int | None) -> dict:

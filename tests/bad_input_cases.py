@@ -312,5 +312,18 @@ def write_files(folder) -> None:
         (folder / name).write_bytes(data)
 
 
+def upload(at, up, upload_choice: str) -> None:
+    """Give ``up`` to a running dashboard (streamlit AppTest ``at``) where a user would upload it:
+    the sidebar's config.json uploader, or the Validation page's report / snapshot uploader."""
+    if up.target == "config":
+        next(w for w in at.sidebar.selectbox if w.key == "in_model").set_value(upload_choice)
+        at.run()
+        at.sidebar.file_uploader[0].set_value((up.filename, up.content, "application/json"))
+    else:
+        at.switch_page("pages_validation.py").run()
+        key = "val_report" if up.target == "report" else "val_snapshot"
+        next(u for u in at.file_uploader if u.key == key).set_value((up.filename, up.content, "application/json"))
+
+
 def cli_args(case: Case, folder) -> list[str]:
     return [a.replace("{d}", str(folder)) for a in case.args]

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import memplan
-from bad_input_cases import CLI, FILES, INJECTION_REPORT, UPLOADS, cli_args, write_files
+from bad_input_cases import CLI, FILES, INJECTION_REPORT, UPLOADS, cli_args, upload, write_files
 from memplan import MemplanError, limits
 from memplan.cli.main import cli
 from memplan.inventory import shape_groups
@@ -138,14 +138,7 @@ def _sidebar_widget(app, key):
 
 @pytest.mark.parametrize("up", UPLOADS, ids=[u.name for u in UPLOADS])
 def test_dashboard_upload_is_one_message(at, up):
-    if up.target == "config":
-        _sidebar_widget(at, "in_model").set_value(state.UPLOAD)
-        at.run()
-        at.sidebar.file_uploader[0].set_value((up.filename, up.content, "application/json"))
-    else:
-        at.switch_page("pages_validation.py").run()
-        key = "val_report" if up.target == "report" else "val_snapshot"
-        next(u for u in at.file_uploader if u.key == key).set_value((up.filename, up.content, "application/json"))
+    upload(at, up, state.UPLOAD)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1, [e.value for e in at.error]

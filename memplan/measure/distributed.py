@@ -51,8 +51,7 @@ from torch.utils._pytree import tree_flatten
 from memplan.measure.tracker import CATEGORIES, MemoryTracker, _storage
 
 ENGINE_LAYOUTS = ("ddp", "zero1", "fsdp2", "fsdp2-no-reshard")
-UPDATE_GAP = 2
-_DTYPE = {"bf16": torch.bfloat16, "mixed": torch.float32, "fp32": torch.float32}
+from memplan.measure.validate import _DTYPE, UPDATE_GAP  # noqa: E402 (the single-GPU validation's)
 
 
 @dataclass
