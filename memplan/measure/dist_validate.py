@@ -70,7 +70,8 @@ def judge(cfg: DistConfig, est, ranks: list[dict], seconds: float) -> dict:
         failures.append(f"peak: {error['peak']['relative']:+.2%} (limit {DIST_TOLERANCE:.0%})")
     m = {**m, "rank": worst if cfg.device == "cpu" else 0}
     per_rank = [{"rank": i, "peak_bytes": s["peak_bytes"], "peak_phase": s["peak_phase"],
-                 "persistent": r["persistent"], "phases": r["phases"]} for i, (s, r) in enumerate(zip(summaries, ranks))]
+                 "persistent": r["persistent"], "phases": r["phases"],
+                 "backend_bytes": r.get("backend_bytes", 0)} for i, (s, r) in enumerate(zip(summaries, ranks))]
     return {**base, "passed": not failures, "failures": failures, "estimate": e, "measured": m, "error": error,
             "ranks": per_rank}
 
