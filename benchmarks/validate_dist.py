@@ -3,6 +3,7 @@
     python benchmarks/validate_dist.py            # issue rows, then the grid
     python benchmarks/validate_dist.py --grid-only
     python benchmarks/validate_dist.py --rejudge   # today's estimates against the stored measurements
+    python benchmarks/validate_dist.py --only fsdp2 # rerun the points whose layout starts so; keep the rest
 """
 import json
 import sys
@@ -40,7 +41,10 @@ def main():
             report = json.loads(out.read_text())
         except ValueError:
             report = {}
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
     for name, cfgs in parts:
+        if only is not None:
+            cfgs = [c for c in cfgs if c.layout.startswith(only)]
         t0 = time.perf_counter()
 
         def show(v):
@@ -50,6 +54,16 @@ def main():
                   f"x{c['num_gpus']} {c['device']} {c['precision']}: {'PASS' if v['passed'] else 'FAIL'} peak {peak} "
                   f"{'; '.join(v['failures'])} ({v['seconds']:.0f} s)", flush=True)
         results = run_configs(cfgs, on_result=show)
+        if only is not None and name in report:  # replace the rerun points, keep the others' measurements
+            fresh = {json.dumps(r["config"], sort_keys=True): r for r in results}
+            points = [fresh.pop(json.dumps(p["config"], sort_keys=True), p) for p in report[name]["points"]]
+            points += list(fresh.values())
+            report[name].update(points=points, summary=summarize_dist(points), passed=sum(p["passed"] for p in points),
+                                total=len(points), rerun={"layouts": only + "*", "points": len(results),
+                                                          "wall_seconds": round(time.perf_counter() - t0, 1)})
+            out.write_text(json.dumps(report, indent=1))
+            print(f"{name}: {len(results)} rerun; {report[name]['passed']}/{report[name]['total']} pass", flush=True)
+            continue
         report[name] = {"wall_seconds": round(time.perf_counter() - t0, 1), "points": results,
                         "summary": summarize_dist(results), "passed": sum(r["passed"] for r in results),
                         "total": len(results)}
