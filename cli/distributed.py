@@ -7,45 +7,14 @@ from pathlib import Path
 
 import click
 
-from memplan.cli.common import CLIError
+from memplan.cli import options
+from memplan.cli.common import CLIError, apply_options
+from memplan.cli.estimate_body import apply_layout, layout_line, with_layout_line  # noqa: F401
 
 
 def layout_options(f):
     """--layout, --num-gpus, --bucket-view (estimate and validate)."""
-    for opt in reversed([
-        click.option("--layout", default=None,
-                     help="Multi-GPU layout, named after PyTorch's engine: ddp, zero1 (DDP + ZeroRedundancyOptimizer), "
-                          "fsdp2 (reshard after forward), fsdp2-no-reshard. Numbers are per GPU, worst rank."),
-        click.option("--num-gpus", type=int, default=None, help="Number of GPUs (ranks) for --layout."),
-        click.option("--bucket-view", is_flag=True, help="DDP's gradient_as_bucket_view=True (ddp, zero1)."),
-    ]):
-        f = opt(f)
-    return f
-
-
-def apply_layout(est, layout, num_gpus, bucket_view):
-    """`est` per GPU under the layout (unchanged without --layout / --num-gpus)."""
-    if layout is None and num_gpus in (None, 1):
-        return est
-    from memplan.parallel import shard
-    if layout is None:
-        raise CLIError("--num-gpus needs --layout (ddp, zero1, fsdp2 or fsdp2-no-reshard).")
-    return shard(est, layout, num_gpus or 1, bucket_view=bucket_view)
-
-
-def layout_line(est) -> str | None:
-    if getattr(est, "layout", "single") == "single":
-        return None
-    return (f"Layout:         {est.engine} on {est.num_gpus} GPUs; every number is per GPU, "
-            f"the worst rank's (rank {est.rank})")
-
-
-def with_layout_line(table: str, est) -> str:
-    line = layout_line(est)
-    if line is None:
-        return table
-    lines = table.split("\n")
-    return "\n".join(lines[:1] + [line] + lines[1:])
+    return apply_options(f, options.LAYOUT)
 
 
 # --------------------------------------------------------------------------- validate

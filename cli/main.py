@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import sys
 
 import click
 
 from memplan import __version__
-from memplan.cli.common import CONTEXT_SETTINGS, estimate_options, handle_errors, host_ram_bytes, run_estimate
+from memplan.cli import options
+from memplan.cli.common import CONTEXT_SETTINGS, apply_options, estimate_options, handle_errors
 from memplan.cli.distributed import layout_options
+
+
+def json_option(f):
+    return apply_options(f, [options.JSON])
 
 
 class Group(click.Group):
@@ -60,7 +64,7 @@ def cli():
 @cli.command()
 @estimate_options
 @layout_options
-@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON (bytes).")
+@json_option
 @handle_errors
 def estimate(as_json, layout, num_gpus, bucket_view, **opts):
     """Memory of one training step: categories, phases, peak and GPU fit.
@@ -71,21 +75,9 @@ def estimate(as_json, layout, num_gpus, bucket_view, **opts):
       memplan estimate --model ./my-model/config.json --method galore8bit --layerwise --json
       memplan estimate --model llama-7b --method adamw --layout fsdp2 --num-gpus 8 --gpu a100-80gb
     """
-    from memplan.cli.distributed import apply_layout
+    from memplan.cli.estimate_body import render
 
-    est = apply_layout(run_estimate(opts), layout, num_gpus, bucket_view)
-    host_ram = host_ram_bytes(opts)
-    if as_json:
-        d = est.to_dict()
-        if host_ram is not None:
-            d["host_fit"] = {"host_required_bytes": est.host_bytes, "host_capacity_bytes": host_ram,
-                             "host_fits": est.host_bytes <= host_ram}
-        click.echo(json.dumps(d, indent=2))
-    else:
-        from memplan.cli.distributed import with_layout_line
-        from memplan.cli.tables import estimate_table
-
-        click.echo(with_layout_line(estimate_table(est, host_ram), est))
+    click.echo(render(opts, as_json, layout, num_gpus, bucket_view))
 
 
 @cli.command()

@@ -6,7 +6,7 @@ value received, what is allowed and how to fix it. The CLI turns it into a one-l
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class MemplanError(ValueError):

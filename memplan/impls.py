@@ -20,7 +20,7 @@ torch) published, `bundled` where none runs. Measured against the real libraries
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from memplan.errors import MemplanError
 from memplan.methods import (METHODS, STEP, Shape, _up, adafactor_step_temp, adamw_step_temp, moment8_bytes)

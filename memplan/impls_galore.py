@@ -22,7 +22,7 @@ of R and sets `p.grad = R`, which frees the full gradient of that weight.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from memplan.impls import Impl, Knobs, register
 from memplan.methods import Shape, _up

@@ -14,7 +14,7 @@ docs/CONTRACT.md for the exact state layout the bundled optimizers share.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from memplan import rules_recent as rec
 from memplan.quant import moment8_bytes

@@ -26,7 +26,7 @@ without a rank.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from memplan import limits
 from memplan.errors import MemplanError
