@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from memplan import limits
 from memplan import offload
@@ -90,7 +90,41 @@ def _positive(name: str, value, flag: str, bound):
     limits.check_int(value, bound, f"{name} ({flag})")
 
 
+_VALID_STATIC: set = set()  # configs' fields but batch and sequence, with their types, that passed the checks
+
+
 def check_config(c: TrainingConfig) -> None:
+    """Refuse (MemplanError) what cannot be estimated, with what to do instead. Only the batch size
+    and the sequence length are checked again for fields already checked together (a sweep's)."""
+    try:
+        key = (c.model, c.method, c.rank, c.update_gap, c.target_modules, c.precision, c.layerwise, c.checkpointing,
+               c.train_non_target, c.impl, c.momentum, c.beta1, c.weights, c.offload, c.loss, c.loss_chunk, c.attn,
+               c.attn_dropout, c.hidden_dropout, c.lora_dropout, c.kernels, type(c.model), type(c.rank),
+               type(c.update_gap), type(c.layerwise), type(c.checkpointing), type(c.train_non_target),
+               type(c.momentum), type(c.beta1), type(c.loss_chunk), type(c.attn_dropout), type(c.hidden_dropout),
+               type(c.lora_dropout))
+        known = key in _VALID_STATIC
+    except TypeError:  # an unhashable field: checked in full
+        key, known = None, False
+    if known:
+        _positive("Batch size", c.batch_size, "--batch-size", limits.BATCH)
+        _positive("Sequence length", c.seq_len, "--seq-len", limits.SEQ)
+        _check_window(c)
+        return
+    _check_all(c)
+    if key is not None and len(_VALID_STATIC) < 4096:
+        _VALID_STATIC.add(key)
+
+
+def _check_window(c: TrainingConfig) -> None:
+    window = c.model.sliding_window
+    if window and c.seq_len > window:
+        raise MemplanError(f"Sequence length {c.seq_len:,} is longer than {c.model.name}'s attention window "
+                           f"(config key 'sliding_window' = {window:,}): the windowed attention mask that longer "
+                           f"sequences need is not modelled. Use --seq-len {window} or less.")
+
+
+def _check_all(c: TrainingConfig) -> None:
     method = get_method(c.method)
     if not isinstance(c.model, ModelProfile):
         raise MemplanError(f"TrainingConfig.model must be a ModelProfile (see memplan.load_model), got {c.model!r}.")
@@ -111,11 +145,7 @@ def check_config(c: TrainingConfig) -> None:
         if not method.adapter:
             raise MemplanError(f"--train-non-target / --freeze-non-target apply to adapter methods (lora, relora, "
                                f"lowrank) only; '{method.name}' trains every parameter. Drop the option.")
-    window = c.model.sliding_window
-    if window and c.seq_len > window:
-        raise MemplanError(f"Sequence length {c.seq_len:,} is longer than {c.model.name}'s attention window "
-                           f"(config key 'sliding_window' = {window:,}): the windowed attention mask that longer "
-                           f"sequences need is not modelled. Use --seq-len {window} or less.")
+    _check_window(c)
     if c.model.num_local_experts and c.precision != "bf16":
         raise MemplanError(f"{c.model.name} is a mixture of experts: only --precision bf16 is modelled "
                            "(transformers' default grouped_mm experts run in bf16).")
@@ -403,21 +433,27 @@ class Estimate:
                 (c.model.hidden_dropout if c.hidden_dropout is None else c.hidden_dropout),
                 "lora_dropout": c.lora_dropout, "kernels": c.kernels}
 
+    @cached_property
+    def _peak(self) -> tuple[str, int]:
+        """(phase, allocated bytes) at the peak, once per estimate: its phases are not changed after."""
+        totals = [sum(self.phases[p].values()) for p in PHASES]
+        top = max(totals)
+        return PHASES[totals.index(top)], top
+
     @property
     def peak_phase(self) -> str:
         """The phase with the most allocated bytes (the earliest of equal ones)."""
-        totals = [sum(self.phases[p].values()) for p in PHASES]
-        return PHASES[totals.index(max(totals))]
+        return self._peak[0]
 
     @property
     def peak_bytes(self) -> int:
         """Allocated bytes at the peak: what the tensors hold."""
-        return max(sum(self.phases[p].values()) for p in PHASES)
+        return self._peak[1]
 
     @property
     def device_total_bytes(self) -> int:
         """What the GPU must have: the allocated peak plus CUDA context and fragmentation."""
-        return self.peak_bytes + self.overhead
+        return self._peak[1] + self.overhead
 
     @property
     def reserved_bytes(self) -> int:
@@ -434,7 +470,9 @@ class Estimate:
         if g is None:
             raise MemplanError("No GPU given: pass a GPU id such as 'rtx-4090' (see 'memplan gpus').")
         cap = capacity_bytes(g)
-        need = self.device_total_bytes - outside_tensors(self.gpu) + outside_tensors(g)  # g's context, workspaces
+        need = self.device_total_bytes
+        if g is not self.gpu:  # g's context and workspaces instead of the estimate's GPU's
+            need += outside_tensors(g) - outside_tensors(self.gpu)
         host_ok = host_ram is None or self.host_bytes <= host_ram
         return Fit(g, need <= cap and host_ok, need, cap, cap - need, self.host_bytes, host_ram)
 
@@ -542,40 +580,64 @@ def _step_terms(model: ModelProfile, targets, method_name: str, impl_name_: str,
             first_step_temp, step_temp, tied_grad, refresh_temp)
 
 
-def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimate:
+def _static_part(c: TrainingConfig) -> tuple:
+    """What an estimate of `c` takes from everything but the batch size and the sequence length:
+    the method, implementation and precision records, the step's terms, the adapted inputs, the
+    model knobs and the counts. A sweep or a search over batch and sequence asks for it again and
+    again: estimate_config keeps it per set of those fields (_STATIC)."""
     from memplan.impls import get_impl, knobs
 
     method = METHODS[get_method(c.method).name]
     impl = get_impl(method.name, impl_name(c))
     kn = knobs(impl, c.momentum, c.beta1)
-    wfmt = weight_format(c)
-    prec = PRECISIONS[c.precision]
     targets = resolve_targets(c.model, c.target_modules)
     train_other = method.train_non_target if c.train_non_target is None else c.train_non_target
     r = c.rank if method.uses_rank else 0
     (params, grads, states, projs, host, pinned, n_params, n_trainable, largest_grad, first_grad, first_step_temp,
-     step_temp, tied_grad, refresh_temp) = _step_terms(c.model, targets, method.name, impl.name, kn, wfmt, c.precision,
-                                                       r, train_other, c.layerwise, c.offload)
-
+     step_temp, tied_grad, refresh_temp) = _step_terms(c.model, targets, method.name, impl.name, kn, weight_format(c),
+                                                       c.precision, r, train_other, c.layerwise, c.offload)
     adapted = _adapted_inputs(c.model, targets) if method.adapter else ()
-    acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapted,
-                       knobs_of(c, impl.adapter_bytes or 0, frozen_other=not train_other))
+    # offloaded gradients leave the device one at a time, as with the per-layer update
+    per_tensor_grads = c.layerwise or c.offload == "optimizer+gradients"
+    terms = StepTerms(params, grads, first_grad, first_step_temp, largest_grad, states, projs, step_temp, refresh_temp,
+                      per_tensor_grads, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other,
+                      tied_gradient=tied_grad)
+    return (method, PRECISIONS[c.precision], r, adapted, knobs_of(c, impl.adapter_bytes or 0, frozen_other=not train_other),
+            train_other, terms, n_params, n_trainable, host, pinned, impl.shards_with_states and not c.layerwise)
+
+
+_STATIC: dict = {}
+_STATIC_SIZE = 4096  # entries kept (then the table starts again)
+_activations = lru_cache(maxsize=8192)(activations)  # the same batch x sequence for many methods: a sweep's
+
+
+def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimate:
+    try:  # everything but batch_size, seq_len (update_gap changes no memory; the loss is applied below)
+        key = (c.model, c.method, c.rank, c.target_modules, c.precision, c.layerwise, c.checkpointing,
+               c.train_non_target, c.impl, c.momentum, c.beta1, c.weights, c.offload, c.attn, c.attn_dropout,
+               c.hidden_dropout, c.lora_dropout, c.kernels)
+        static = _STATIC.get(key)
+    except TypeError:  # an unhashable field (a list of target modules): not kept
+        key, static = None, None
+    if static is None:
+        static = _static_part(c)
+        if key is not None:
+            if len(_STATIC) >= _STATIC_SIZE:
+                _STATIC.clear()
+            _STATIC[key] = static
+    method, prec, r, adapted, kn, train_other, terms, n_params, n_trainable, host, pinned, sharded = static
+
+    acts = _activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapted, kn)
     if c.loss == "fused-chunked":
         from memplan.loss import fused_chunked
 
         head = c.model.vocab_size * c.model.hidden_size * prec.param if (train_other or not method.adapter) else 0
         acts = fused_chunked(acts, c.batch_size * c.seq_len, c.model.hidden_size, c.model.vocab_size, prec.compute,
                              head, c.loss_chunk, frozen_outside=bool(method.adapter) and not train_other)
-    # offloaded gradients leave the device one at a time, as with the per-layer update
-    per_tensor_grads = c.layerwise or c.offload == "optimizer+gradients"
-    terms = StepTerms(params, grads, first_grad, first_step_temp, largest_grad, states, projs, step_temp, refresh_temp,
-                      per_tensor_grads, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other,
-                      tied_gradient=tied_grad)
     phases = compose(terms, acts)
     overhead = outside_tensors(gpu) + fragmentation_bytes(phases, acts.block if c.checkpointing else 0,
-                                                           grads if c.layerwise else 0)
-    return Estimate(c, phases, overhead, n_params, n_trainable, gpu,
-                    sharded_step_temp=impl.shards_with_states and not c.layerwise, host_bytes=host,
+                                                           terms.gradients if c.layerwise else 0)
+    return Estimate(c, phases, overhead, n_params, n_trainable, gpu, sharded_step_temp=sharded, host_bytes=host,
                     host_pinned_bytes=pinned, terms=terms, acts=acts)
 
 

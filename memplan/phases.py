@@ -61,50 +61,48 @@ def _total(phase: dict[str, int]) -> int:
 
 
 def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
+    # each moment as (gradients, activations, temporaries): the other categories are the same at
+    # every moment, so the largest of these sums is the largest moment (the first of equal ones)
     saved = a.saved(t.checkpointing, frozen_outside=t.frozen_non_target)
     after_loss = saved - a.loss_saved  # the loss's backward released the log-softmax output
-    forward = _phase(t, 0, saved, a.loss_fwd_transient)  # while the loss runs
+    forward = (0, saved, a.loss_fwd_transient)  # while the loss runs
 
     # the loss's backward: nll's gradient and log_softmax's input gradient (fp32, t x V each)
-    candidates = [_phase(t, 0, saved, 2 * a.loss_saved)]
+    candidates = [(0, saved, 2 * a.loss_saved)]
     if a.grad_logits != a.loss_saved:  # bf16 / mixed: the fp32 gradient cast to the compute dtype
-        candidates.append(_phase(t, 0, after_loss, a.loss_saved + a.grad_logits))
+        candidates.append((0, after_loss, a.loss_saved + a.grad_logits))
     # the head's backward: the logits' gradient, the head's weight gradient and input gradient
     head_in = a.head_input_grad
-    candidates.append(_phase(t, t.first_gradient, after_loss, a.grad_logits + head_in))
+    candidates.append((t.first_gradient, after_loss, a.grad_logits + head_in))
     if t.checkpointing:  # the last block recomputed while the head's input gradient flows in
-        grads = 0 if t.layerwise else t.first_gradient
-        candidates.append(_phase(t, grads, after_loss + a.block, head_in))
+        candidates.append((0 if t.layerwise else t.first_gradient, after_loss + a.block, head_in))
     if t.layerwise:
         # per-layer update: the head is stepped as soon as its gradient is complete; later
         # gradients are consumed one at a time while the activations shrink
         if t.first_gradient:
-            candidates.append(_phase(t, t.first_gradient, after_loss, head_in + t.first_step_temp))
+            candidates.append((t.first_gradient, after_loss, head_in + t.first_step_temp))
     else:  # end of backward: every gradient; only the batch is left of the activations
-        candidates.append(_phase(t, t.gradients, a.inputs, 0))
+        candidates.append((t.gradients, a.inputs, 0))
         if t.tied_gradient:
             # a tied embedding: the autograd engine holds the head's contribution in its input buffer
             # until the embedding's backward makes the second one (a dense V x h zeros + index_add),
             # then adds them out of place: three V x h tensors alive at once (measured, torch 2.13)
-            candidates.append(_phase(t, t.gradients - t.tied_gradient, a.inputs, 3 * t.tied_gradient))
-    backward = max(candidates, key=_total)
-    if t.layerwise and backward["gradients"] < t.largest_gradient:
+            candidates.append((t.gradients - t.tied_gradient, a.inputs, 3 * t.tied_gradient))
+    backward = max(candidates, key=sum)
+    if t.layerwise and backward[0] < t.largest_gradient:
         # the largest gradient is alive at some point (for the exact gradient count); its
         # moment is later in backward, when less is alive than at the phase's peak
-        backward = {**backward, "gradients": t.largest_gradient,
-                    "activations": max(0, backward["activations"] - t.largest_gradient)}
+        backward = (t.largest_gradient, max(0, backward[1] - t.largest_gradient), backward[2])
 
-    if t.layerwise:
-        step = _phase(t, 0, a.inputs, 0)
-    else:
-        step = _phase(t, t.gradients, a.inputs, t.step_temp)
-    if t.refresh_temp is None:
-        refresh = dict(backward if t.layerwise else step)
+    step = (0, a.inputs, 0) if t.layerwise else (t.gradients, a.inputs, t.step_temp)
+    r = t.refresh_temp
+    if r is None:
+        refresh = backward if t.layerwise else step
     elif t.layerwise:
         # the refresh runs inside backward, at any of its moments: the largest of them with the
         # refresh transients on top (a max over moments, so it grows with batch and sequence)
-        refresh = max(({**c, "temporaries": max(c["temporaries"], t.refresh_temp)} for c in candidates + [backward]),
-                      key=_total)
+        refresh = max(((g, act, max(tmp, r)) for g, act, tmp in candidates + [backward]), key=sum)
     else:
-        refresh = {**step, "temporaries": max(step["temporaries"], t.refresh_temp)}
-    return {"forward": forward, "backward": backward, "optimizer_step": step, "refresh_step": refresh}
+        refresh = (step[0], step[1], max(step[2], r))
+    return {"forward": _phase(t, *forward), "backward": _phase(t, *backward), "optimizer_step": _phase(t, *step),
+            "refresh_step": _phase(t, *refresh)}

@@ -209,3 +209,42 @@ def test_import_does_not_pull_torch():
            "print(','.join(m for m in ('torch', 'streamlit', 'plotly') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def _clear_estimator_tables():
+    from memplan import estimator as E
+    E._STATIC.clear()
+    E._VALID_STATIC.clear()
+    E._activations.cache_clear()
+    E._step_terms.cache_clear()
+
+
+def test_kept_tables_do_not_change_an_estimate():
+    """estimate_config keeps the batch-independent part, the activations and the checks per set of
+    fields: estimates made with the tables warm (other batches, other methods first) are the ones made
+    with them empty, to the byte."""
+    import itertools
+    cases = [dict(method=m, batch_size=b, seq_len=s, precision=p, layerwise=lw)
+             for m, b, s, p, lw in itertools.product(("adamw", "galore", "lora", "adam8bit"), (1, 3), (256, 1024),
+                                                    ("bf16", "mixed"), (False, True))
+             if not (lw and m == "lora")]
+    fresh = []
+    for kw in cases:
+        _clear_estimator_tables()
+        fresh.append(estimate("llama-1b", rank=64, gpu="rtx-4090", **kw).to_dict())
+    _clear_estimator_tables()
+    warm = [estimate("llama-1b", rank=64, gpu="rtx-4090", **kw).to_dict() for kw in reversed(cases)][::-1]
+    assert warm == fresh
+
+
+def test_checks_still_refuse_batch_and_sequence_after_a_valid_config():
+    estimate("mistral-7b", "adamw", batch_size=1, seq_len=1024)  # its fields now known valid
+    with pytest.raises(memplan.MemplanError, match="Batch size must be a positive integer"):
+        estimate("mistral-7b", "adamw", batch_size=0, seq_len=1024)
+    with pytest.raises(memplan.MemplanError, match="Batch size must be a positive integer"):
+        estimate("mistral-7b", "adamw", batch_size=True, seq_len=1024)
+    with pytest.raises(memplan.MemplanError, match="attention window"):
+        estimate("mistral-7b", "adamw", batch_size=1, seq_len=10**5)
+    estimate("llama-7b", "golore", rank=128)
+    with pytest.raises(memplan.MemplanError, match="Rank"):
+        estimate("llama-7b", "golore", rank=True)  # equal to 1 as a key, but not an integer rank
