@@ -19,6 +19,19 @@ class CLIError(click.ClickException):
     exit_code = 2
 
 
+def one_line(e: click.UsageError) -> click.ClickException:
+    """A click usage error (a bad or missing option, an unknown command) as one line that says where
+    the help is, instead of click's usage line and hint above it. No arguments at all still prints
+    the help (click's NoArgsIsHelpError)."""
+    if isinstance(e, _NO_ARGS):
+        return e
+    where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+    return CLIError(e.format_message() + where)
+
+
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def handle_errors(f):
     """Library errors become `Error: ...` (exit code 2), never a traceback."""
 

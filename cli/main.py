@@ -18,7 +18,7 @@ import click
 
 from memplan import __version__
 from memplan.cli import options
-from memplan.cli.common import CONTEXT_SETTINGS, apply_options, estimate_options, handle_errors
+from memplan.cli.common import CONTEXT_SETTINGS, apply_options, estimate_options, handle_errors, one_line
 from memplan.cli.distributed import layout_options
 
 
@@ -37,6 +37,19 @@ class Group(click.Group):
         if not self._optional_loaded:
             self._optional_loaded = True
             _add_optional_commands(self)
+
+    # click prints its usage errors below a usage line and a hint; here they are one line too
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            raise one_line(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise one_line(e) from None
 
     def get_command(self, ctx, cmd_name):
         if cmd_name not in self.commands:

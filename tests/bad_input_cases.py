@@ -6,8 +6,8 @@ and peak memory). A case never needs a network or a GPU.
 
 CLI cases: `args` use `{d}` for the folder the corpus files are written to; `code`
 is the exit status (2: bad input, 3: nothing fits); `message` must be in the last
-line printed, a one-line `Error: ...` (click's own usage errors put their usage
-hint above it).
+line printed, a one-line `Error: ...` (click's own usage errors too, with where the
+help is).
 """
 from __future__ import annotations
 
