@@ -36,6 +36,8 @@ class Activations:
     frozen_norm_saving: int  # what one norm + its consumers stop saving when weights are frozen (adapters)
     first_norm_input: int  # the first block's norm saves its fp32 input only if the input needs a gradient
     n_blocks: int
+    head_released: int = 0  # what the head's backward frees: its saved input (and head_weight_copy)
+    head_weight_copy: int = 0  # mixed: autocast's bf16 copy of the head weight, saved by its matmul
 
     def saved(self, checkpointing: bool, frozen_outside: bool = False) -> int:
         """Everything held for backward at the end of the forward pass.
@@ -338,5 +340,9 @@ def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_r
         fwd_transient, loss_saved = logits + (4 * t * V if c != 4 else 0), 4 * t * V
     first_norm = _frozen_embeddings(p, t, seq, c, k) + _first_block_masks(p, t, k, adapter_inputs)
     frozen_norm = c * t * h if rms else 0
+    # the head's matmul saves its input (and, under autocast, its weight's bf16 copy) until its backward
+    # has run, before the per-layer update steps the head; BERT's head is a stack (not modelled so)
+    copy = c * V * h if rms and x != c else 0
+    head_released = 0 if p.family == "bert" else c * t * h + copy
     return Activations(block, x * t * h, outside, inputs, logits, loss_saved, fwd_transient, logits,
-                       c * t * h, frozen_norm, first_norm, p.num_hidden_layers)
+                       c * t * h, frozen_norm, first_norm, p.num_hidden_layers, head_released, copy)

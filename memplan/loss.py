@@ -53,5 +53,5 @@ def fused_chunked(acts, tokens: int, hidden: int, vocab: int, compute_bytes: int
     during = chunk * vocab * compute_bytes + 4 * tokens + tokens + head_grad_bytes + compute_bytes * tokens * hidden
     held = compute_bytes * tokens * hidden if frozen_outside else 0  # grad_input, beyond what `outside` keeps
     # the targets are not saved for backward (the standard loss keeps an int64 copy of the shifted labels)
-    return replace(acts, logits=0, loss_saved=0, grad_logits=0, loss_fwd_transient=during,
+    return replace(acts, logits=0, loss_saved=0, grad_logits=0, loss_fwd_transient=during, head_released=0,
                    outside=acts.outside - 8 * tokens + held)

@@ -128,17 +128,15 @@ def adafactor_step_temp(t: Shape, r: int, s: int) -> int:
     return 2 * t.numel * 4 + ((t.m + t.n) * 4 + 4 if t.matrix else 4) + _up(t.numel, s)
 
 
-QUANT_BOUNDARIES = 255 * 4  # midpoints between the 256 entries of a quantization map (fp32), for bucketize
-
-
 def adam8_direction_temp(numel: int, s: int) -> int:
     """The 8-bit Adam direction of a tensor of `numel` elements (memplan/optim/quant8bit.py)."""
     from memplan.quant import quantized
 
     if not quantized(numel):  # fp32 moments: the fp32 denominator and direction
         return 2 * numel * 4 + _up(numel, s)
-    # both moments dequantized, updated, re-quantized (codes and absmax recomputed), fp32 direction
-    return 7 * numel * 4 + QUANT_BOUNDARIES + _up(numel, s)
+    # both moments dequantized, updated, re-quantized (codes and absmax recomputed), fp32 direction;
+    # the nearest-code search holds two int32 / fp32 buffers at a time (memplan/optim/quant8bit.py)
+    return 7 * numel * 4 + _up(numel, s)
 
 
 DENSE_8BIT_CHUNK = 1 << 20  # elements per chunk of the bundled dense 8-bit update (memplan/optim/galore.py)
@@ -149,7 +147,7 @@ def adam8bit_step_temp(t: Shape, r: int, s: int) -> int:
         return adam8_direction_temp(t.numel, s)
     # chunked: the direction of one chunk, plus the chunk's fp32 weight slice and views
     c = DENSE_8BIT_CHUNK
-    return 8 * c * 4 + QUANT_BOUNDARIES + (2 * _up(c, s))
+    return 8 * c * 4 + 2 * _up(c, s)
 
 
 def galore_step_temp(t: Shape, r: int, s: int) -> int:

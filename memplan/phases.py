@@ -12,7 +12,9 @@ highest memory within it:
   shrinks, so an end is the maximum). With checkpointing, one block's activations are
   recomputed on top of the kept block inputs. With the per-layer update, each
   gradient is consumed by its parameter's optimizer step as soon as it is complete:
-  at most the largest one is alive, and that step's transients happen here.
+  at most the largest one is alive, and that step's transients happen here; the head
+  is stepped after its backward has freed what its matmul saved. Under autocast
+  (mixed) the head's weight gradient is made in bf16 and then cast to the fp32 one.
 - optimizer_step: all gradients, states and projectors, plus the transients of the
   step of the largest tensor (the bundled optimizers step one tensor at a time).
 - refresh_step: the optimizer step of a step that refreshes the projection, plus the
@@ -73,14 +75,21 @@ def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
         candidates.append((0, after_loss, a.loss_saved + a.grad_logits))
     # the head's backward: the logits' gradient, the head's weight gradient and input gradient
     head_in = a.head_input_grad
-    candidates.append((t.first_gradient, after_loss, a.grad_logits + head_in))
+    copy = a.head_weight_copy if t.first_gradient else 0
+    if copy:  # mixed: the matmul's weight gradient is bf16; its cast to the fp32 gradient follows, by
+        # when the matmul has freed what it saved (its input and the weight's bf16 copy)
+        candidates.append((0, after_loss, a.grad_logits + head_in + copy))
+        candidates.append((t.first_gradient, after_loss - a.head_released, head_in + copy))
+    else:
+        candidates.append((t.first_gradient, after_loss, a.grad_logits + head_in))
     if t.checkpointing:  # the last block recomputed while the head's input gradient flows in
         candidates.append((0 if t.layerwise else t.first_gradient, after_loss + a.block, head_in))
     if t.layerwise:
         # per-layer update: the head is stepped as soon as its gradient is complete; later
         # gradients are consumed one at a time while the activations shrink
-        if t.first_gradient:
-            candidates.append((t.first_gradient, after_loss, head_in + t.first_step_temp))
+        if t.first_gradient:  # by then the head's backward has freed what it saved
+            released = 0 if t.frozen_non_target else a.head_released
+            candidates.append((t.first_gradient, after_loss - released, head_in + t.first_step_temp))
     else:  # end of backward: every gradient; only the batch is left of the activations
         candidates.append((t.gradients, a.inputs, 0))
         if t.tied_gradient:
@@ -91,8 +100,12 @@ def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
     backward = max(candidates, key=sum)
     if t.layerwise and backward[0] < t.largest_gradient:
         # the largest gradient is alive at some point (for the exact gradient count); its
-        # moment is later in backward, when less is alive than at the phase's peak
-        backward = (t.largest_gradient, max(0, backward[1] - t.largest_gradient), backward[2])
+        # moment is later in backward, when less is alive than at the phase's peak: its bytes are
+        # counted as gradients out of the activations (then the transients), the total unchanged
+        g, act, tmp = backward
+        need = t.largest_gradient - g
+        from_act = min(act, need)
+        backward = (t.largest_gradient, act - from_act, max(0, tmp - (need - from_act)))
 
     step = (0, a.inputs, 0) if t.layerwise else (t.gradients, a.inputs, t.step_temp)
     r = t.refresh_temp

@@ -23,6 +23,7 @@ counts them once, as ``docs/CONTRACT.md`` requires.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
@@ -122,33 +123,62 @@ def dequantize(codes: torch.Tensor, absmax: torch.Tensor, qmap: torch.Tensor) ->
 # each contain at most one midpoint of either map (checked in tests/test_optim_8bit.py), so
 #   code = (# midpoints below the bucket) + (x > first midpoint at or above the bucket start)
 # is the exact nearest code (ties go down, as bucketize's), with two gathers per element.
+# Fake tensors take the same ops on fake tables of the same sizes (their values are never
+# read), so a FakeTensorMode run allocates what a real one does.
 _LUTS: dict = {}
 
 
-def _nearest_lut(qmap_values: list[float], device) -> tuple[torch.Tensor, torch.Tensor]:
-    key = (tuple(qmap_values[:3]), len(qmap_values), str(device))
-    if key not in _LUTS:
-        q = torch.tensor(qmap_values, dtype=torch.float32)
-        mid = (q[:-1] + q[1:]) / 2
-        bits = torch.arange(65536, dtype=torch.int32) << 16
-        ends = torch.stack([bits.view(torch.float32), (bits | 0xFFFF).view(torch.float32)])
-        start = ends.nan_to_num(0.0).amin(dim=0)  # smallest value of each bucket
-        below = torch.bucketize(start, mid, right=False).to(torch.int32)  # midpoints < start
-        padded = torch.cat([mid, torch.tensor([float("inf")])])
-        _LUTS[key] = (below.to(device), padded.to(device))
-    return _LUTS[key]
+def _nearest_lut(signed: bool, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(midpoints below each bucket (int32, 65536), the midpoints and +inf (fp32, 256)) on ``like``'s
+    device: one pair per map and device, computed once; under FakeTensorMode one fake pair per mode."""
+    mode = getattr(like, "fake_mode", None) if is_fake(like) else None
+    key = (signed if mode is None else None, str(like.device), id(mode) if mode is not None else None)
+    hit = _LUTS.get(key)
+    if hit is None or (mode is not None and hit[2] is not mode):
+        if mode is not None:
+            below = like.new_empty(65536, dtype=torch.int32)
+            padded = like.new_empty(QMAP_SIZE, dtype=torch.float32)
+        else:
+            q = torch.tensor(SIGNED_MAP if signed else UNSIGNED_MAP, dtype=torch.float32)
+            mid = (q[:-1] + q[1:]) / 2
+            bits = torch.arange(65536, dtype=torch.int32) << 16
+            ends = torch.stack([bits.view(torch.float32), (bits | 0xFFFF).view(torch.float32)])
+            start = ends.nan_to_num(0.0).amin(dim=0)  # smallest value of each bucket
+            below = torch.bucketize(start, mid, right=False).to(torch.int32).to(like.device)  # midpoints < start
+            padded = torch.cat([mid, torch.tensor([float("inf")])]).to(like.device)
+        hit = (below, padded, mode)
+        _LUTS[key] = hit
+    return hit[0], hit[1]
+
+
+_SIGNED: dict[int, bool] = {}  # id(map) -> signed, while the map lives
+
+
+def _signed(qmap: torch.Tensor) -> bool:
+    """Whether ``qmap`` is the signed map, read from it once (on CUDA, reading it syncs the device)."""
+    signed = _SIGNED.get(id(qmap))
+    if signed is None:
+        signed = _SIGNED[id(qmap)] = bool(qmap[0] < 0)
+        weakref.finalize(qmap, _SIGNED.pop, id(qmap), None)
+    return signed
 
 
 def nearest_code(scaled: torch.Tensor, qmap: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest ``qmap`` entry for values in [-1, 1] (int32 for real tensors)."""
-    midpoints = (qmap[:-1] + qmap[1:]) / 2  # the map is sorted
-    if is_fake(scaled):
-        return torch.bucketize(scaled, midpoints)
-    values = SIGNED_MAP if qmap[0] < 0 else UNSIGNED_MAP
-    below, padded = _nearest_lut(values, scaled.device)
-    bucket = (scaled.view(torch.int32) >> 16) & 0xFFFF
-    code = below.index_select(0, bucket.view(-1)).view(scaled.shape)
-    return code + (scaled > padded.index_select(0, code.view(-1)).view(scaled.shape))
+    """Index (int32) of the nearest ``qmap`` entry for values in [-1, 1] (``scaled`` contiguous).
+
+    At most two 4-byte buffers per element are alive at once (what bucketize's int64 output
+    would take), on real and fake tensors alike (memplan.methods.adam8_direction_temp).
+    """
+    below, padded = _nearest_lut(is_fake(scaled) or _signed(qmap), scaled)
+    flat = scaled.reshape(-1)
+    bucket = flat.view(torch.int32) >> 16
+    bucket.bitwise_and_(0xFFFF)
+    code = below.index_select(0, bucket)
+    del bucket
+    upper = padded.index_select(0, code)  # the first midpoint at or above the bucket's start
+    upper.sub_(flat)  # negative where the value lies above it: its sign bit set (x - y < 0 iff y > x)
+    code.sub_(upper.view(torch.int32).bitwise_right_shift_(31))  # -1 there: the next code
+    return code.view(scaled.shape)
 
 
 def quantize_(x: torch.Tensor, codes: torch.Tensor, absmax: torch.Tensor, qmap: torch.Tensor) -> None:
