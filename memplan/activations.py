@@ -79,6 +79,7 @@ class Knobs:
     lora_dropout: bool = False  # peft's lora_dropout on each adapted linear's input is on
     adapter_bytes: int = 0  # the adapters' own dtype (peft: 4, fp32 under a bf16 model); 0: the compute dtype
     frozen_other: bool = True  # adapter methods: the linears that are not adapted are frozen
+    base_weights: bool = True  # the adapted linears keep their frozen base weight (LoRA); False: the factors replace it
     cuda: bool = True
 
     def mask(self, c: int) -> int:
@@ -206,9 +207,10 @@ def _input_of(family: str, name: str):
     return None, None
 
 
-def _adapters(p: ModelProfile, t: int, c: int, k: Knobs, rank: int, adapted: tuple[tuple[str, int], ...]) -> int:
+def _adapters(p: ModelProfile, t: int, c: int, k: Knobs, rank: int, adapted: tuple[tuple[str, int, int], ...],
+              x: int | None = None) -> int:
     """What the LoRA / low-rank adapters of one block change (``adapted``: each adapted linear's
-    module path and input width). A x (t x r) is saved for B's backward, in the adapters' dtype.
+    module path, input width and output width). A x (t x r) is saved for B's backward, in the adapters' dtype.
 
     peft 0.21 (LoRA ``Linear.forward``: ``lora_B(lora_A(dropout(x.to(A.dtype))))``) gives lora_A its
     own input when the adapters' dtype differs from the model's (fp32 adapters under bf16: an fp32
@@ -218,16 +220,18 @@ def _adapters(p: ModelProfile, t: int, c: int, k: Knobs, rank: int, adapted: tup
     """
     if not adapted:
         return 0
+    if x is not None and x != c and p.family == "llama":
+        return _adapters_autocast(p, t, c, k, rank, adapted)
     a = k.adapter_bytes or c
     total = len(adapted) * a * t * rank
     own_input = a != c or k.lora_dropout
     if not own_input:
         return total  # lora_A shares the linear's input (saved by the block already)
-    for _, n in adapted:
+    for _, n, _m in adapted:
         total += a * t * n  # the cast copy, or the dropout's output
         if k.lora_dropout:
             total += k.mask(a) * t * n
-    adapted_names = {name for name, _ in adapted}
+    adapted_names = {name for name, _, _ in adapted}
     widths = {"h": p.hidden_size, "q": p.q_dim, "i": p.intermediate_size}
     kernel_keeps_output = k.attn == "sdpa" and not (k.attn_dropout and not k.cuda)
     released = set()
@@ -239,6 +243,49 @@ def _adapters(p: ModelProfile, t: int, c: int, k: Knobs, rank: int, adapted: tup
         if all(any(_input_of(p.family, n)[0] == tensor and n.endswith(r) for n in adapted_names) or k.frozen_other
                for r in readers):
             released.add(tensor)
+            total -= c * t * widths[width]
+    return total
+
+
+def _adapters_autocast(p: ModelProfile, t: int, c: int, k: Knobs, rank: int,
+                       adapted: tuple[tuple[str, int, int], ...]) -> int:
+    """The adapters under autocast (``--precision mixed``: fp32 weights and residual stream, bf16
+    matmuls; measured on transformers' LlamaForCausalLM with peft 0.21 and the bundled LoRA, torch 2.13).
+
+    Each adapter matmul runs in the compute dtype whatever the adapters' dtype: A's output (t x r)
+    and autocast's copies of A and B (r x n, m x r) are saved in it. A's input is saved as one
+    autocast copy per adapted linear when it is an fp32 norm output, when peft first casts it to
+    the adapters' fp32 (the attention output, the MLP product) or when lora_dropout makes a new
+    tensor of it (its mask is saved beside); otherwise (the bundled LoRA on a bf16 input) it is
+    the input itself. The frozen base linears save no input, so the block's copies of the norm
+    outputs (one per reading linear, see ``_llama_block``) are not saved for a reader that is
+    adapted or frozen, nor a bf16 input that only adapted linears with their own copy (or frozen
+    ones) read.
+    """
+    names = [name for name, _, _ in adapted]
+    casts = bool(k.adapter_bytes)  # peft casts A's input to the adapters' dtype
+    own_bf16 = casts or k.lora_dropout  # an input already in the compute dtype gets its own copy
+    total = 0
+    for name, n, m in adapted:
+        total += c * t * rank + c * rank * (n + m)
+        fp32_input = _input_of(p.family, name)[0] in ("attn_in", "mlp_in")
+        if fp32_input or own_bf16:
+            total += c * t * n
+        if k.lora_dropout:  # the dropout runs on the fp32 input (peft's cast) or the input as it is
+            total += k.mask(4 if fp32_input or casts else c) * t * n
+    if not k.base_weights:  # lowrank: no base weight, so none of the block's bf16 weight copies
+        total -= sum(c * n * m for _, n, m in adapted)
+    widths = {"h": p.hidden_size, "q": p.q_dim, "i": p.intermediate_size}
+    kernel_keeps_output = k.attn == "sdpa" and not (k.attn_dropout and not k.cuda)
+    for suffix, tensor, width in _LINEAR_INPUTS[p.family]:
+        if tensor in ("attn_in", "mlp_in") and (any(n.endswith(suffix) for n in names) or k.frozen_other):
+            total -= c * t * widths[width]  # this reader's autocast copy of the norm output
+    for tensor, width in (("mlp_mid", "i"), ("attn_out", "q")):
+        if not own_bf16 or (tensor == "mlp_mid" and p.hidden_act == "relu") or \
+                (tensor == "attn_out" and kernel_keeps_output):
+            continue
+        readers = [s for s, tn, _ in _LINEAR_INPUTS[p.family] if tn == tensor]
+        if all(any(n.endswith(r) for n in names) or k.frozen_other for r in readers):
             total -= c * t * widths[width]
     return total
 
@@ -259,13 +306,13 @@ def _frozen_embeddings(p: ModelProfile, t: int, seq: int, c: int, k: Knobs) -> i
     return c * t * h + k.ln_stats(t, c) + ids + (mask if p.family == "gpt2" else 0)
 
 
-def _first_block_masks(p: ModelProfile, t: int, k: Knobs, adapted: tuple[tuple[str, int], ...]) -> int:
+def _first_block_masks(p: ModelProfile, t: int, k: Knobs, adapted: tuple[tuple[str, int, int], ...]) -> int:
     """With frozen embeddings and norms the first block's attention input needs no gradient, so the
     lora_dropout of the linears reading it saves no mask there (peft)."""
     if not adapted or not k.lora_dropout:
         return 0
     a = k.adapter_bytes or 2
-    return sum(k.mask(a) * t * n for name, n in adapted if _input_of(p.family, name)[0] == "attn_in")
+    return sum(k.mask(a) * t * n for name, n, _m in adapted if _input_of(p.family, name)[0] == "attn_in")
 
 
 _BLOCKS = {"llama": _llama_block, "bert": _bert_block, "opt": _gpt2_block, "gpt2": _gpt2_block}
@@ -306,15 +353,16 @@ def _outside(p: ModelProfile, t: int, seq: int, c: int, x: int, k: Knobs) -> int
 
 
 def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_rank: int,
-                adapter_inputs: tuple[tuple[str, int], ...] = (), knobs: Knobs = Knobs()) -> Activations:
+                adapter_inputs: tuple[tuple[str, int, int], ...] = (), knobs: Knobs = Knobs()) -> Activations:
     """Activation terms for one micro-batch of `batch` x `seq` tokens.
 
-    ``adapter_inputs``: (module path, input width) of each adapted linear of one block (LoRA / low-rank).
+    ``adapter_inputs``: (module path, input width, output width) of each adapted linear of one block
+    (LoRA / low-rank).
     """
     t = batch * seq
     h, V = p.hidden_size, p.vocab_size
     k = knobs
-    block = _BLOCKS[p.family](p, t, batch, seq, c, x, k) + _adapters(p, t, c, k, adapter_rank, adapter_inputs)
+    block = _BLOCKS[p.family](p, t, batch, seq, c, x, k) + _adapters(p, t, c, k, adapter_rank, adapter_inputs, x)
     if p.num_local_experts:  # a mixture of experts replaces the dense MLP: memplan/moe.py
         from dataclasses import replace
 
@@ -323,7 +371,7 @@ def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_r
         # the dense MLP's terms, as the rules above count them, are the part linear in the MLP width
         wider = replace(p, intermediate_size=p.intermediate_size + 1)
         per_unit = _BLOCKS[p.family](wider, t, batch, seq, c, x, k) \
-            + _adapters(wider, t, c, k, adapter_rank, adapter_inputs) - block
+            + _adapters(wider, t, c, k, adapter_rank, adapter_inputs, x) - block
         block += moe_block(p, t, c, frozen=bool(adapter_inputs) and k.frozen_other) \
             - per_unit * p.intermediate_size
     rms = p.family == "llama"
@@ -339,7 +387,12 @@ def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_r
         # logits and, in bf16 / mixed, their fp32 upcast; log_softmax's fp32 output is saved
         fwd_transient, loss_saved = logits + (4 * t * V if c != 4 else 0), 4 * t * V
     first_norm = _frozen_embeddings(p, t, seq, c, k) + _first_block_masks(p, t, k, adapter_inputs)
-    frozen_norm = c * t * h if rms else 0
+    if rms and x != c:  # mixed: the first block's q, k, v (and their adapters' A) read an input that needs
+        # no gradient, so autocast's bf16 copies of their weights are not saved
+        first_norm += c * h * (p.q_dim + 2 * p.kv_dim)
+        first_norm += sum(c * adapter_rank * n for name, n, _m in adapter_inputs
+                          if _input_of(p.family, name)[0] == "attn_in")
+    frozen_norm = x * t * h if rms else 0  # the normalized value a trainable norm weight multiplies
     # the head's matmul saves its input (and, under autocast, its weight's bf16 copy) until its backward
     # has run, before the per-layer update steps the head; BERT's head is a stack (not modelled so)
     copy = c * V * h if rms and x != c else 0

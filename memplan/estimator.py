@@ -254,18 +254,19 @@ def _check_model_knobs(c: TrainingConfig) -> None:
                                f"Use --{name.replace('_', '-')} 0.1 (0: no dropout).")
 
 
-def knobs_of(c: TrainingConfig, adapter_bytes: int = 0, frozen_other: bool = True) -> Knobs:
+def knobs_of(c: TrainingConfig, adapter_bytes: int = 0, frozen_other: bool = True, base_weights: bool = True) -> Knobs:
     """The model settings in effect (dropouts resolved from the model config when not given)."""
     ad = c.model.attention_dropout if c.attn_dropout is None else c.attn_dropout
     hd = c.model.hidden_dropout if c.hidden_dropout is None else c.hidden_dropout
-    return _knobs(c.attn, ad > 0, hd > 0, c.lora_dropout > 0, adapter_bytes, frozen_other, c.kernels == "cuda")
+    return _knobs(c.attn, ad > 0, hd > 0, c.lora_dropout > 0, adapter_bytes, frozen_other, c.kernels == "cuda",
+                  base_weights)
 
 
 @lru_cache(maxsize=256)
-def _knobs(attn, attn_dropout, hidden_dropout, lora_dropout, adapter_bytes, frozen_other, cuda) -> Knobs:
+def _knobs(attn, attn_dropout, hidden_dropout, lora_dropout, adapter_bytes, frozen_other, cuda, base_weights) -> Knobs:
     """One (frozen, shared) Knobs per combination: every estimate needs one."""
     return Knobs(attn=attn, attn_dropout=attn_dropout, hidden_dropout=hidden_dropout, lora_dropout=lora_dropout,
-                 adapter_bytes=adapter_bytes, frozen_other=frozen_other, cuda=cuda)
+                 adapter_bytes=adapter_bytes, frozen_other=frozen_other, cuda=cuda, base_weights=base_weights)
 
 
 def _smallest_projected_dim(model: ModelProfile, targets) -> int:
@@ -359,9 +360,11 @@ def _sequence_temps(impl, order, r: int, grad_bytes: int, kn) -> tuple[int, int]
 
 
 @lru_cache(maxsize=512)
-def _adapted_inputs(model: ModelProfile, targets) -> tuple[tuple[str, int], ...]:
-    """(module path, input width) of each adapted linear in one block (GPT-2's Conv1D stores (in, out))."""
-    return tuple((s.name[: -len(".weight")], s.shape[0] if model.family == "gpt2" else s.shape[1])
+def _adapted_inputs(model: ModelProfile, targets) -> tuple[tuple[str, int, int], ...]:
+    """(module path, input width, output width) of each adapted linear in one block (GPT-2's Conv1D
+    stores (in, out))."""
+    gpt2 = model.family == "gpt2"
+    return tuple((s.name[: -len(".weight")], s.shape[0] if gpt2 else s.shape[1], s.shape[1] if gpt2 else s.shape[0])
                  for s, _ in shape_groups(model, targets) if s.projected)
 
 
@@ -602,7 +605,8 @@ def _static_part(c: TrainingConfig) -> tuple:
     terms = StepTerms(params, grads, first_grad, first_step_temp, largest_grad, states, projs, step_temp, refresh_temp,
                       per_tensor_grads, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other,
                       tied_gradient=tied_grad)
-    return (method, PRECISIONS[c.precision], r, adapted, knobs_of(c, impl.adapter_bytes or 0, frozen_other=not train_other),
+    return (method, PRECISIONS[c.precision], r, adapted, knobs_of(c, impl.adapter_bytes or 0, frozen_other=not train_other,
+                                                        base_weights=method.adapter != "lowrank"),
             train_other, terms, n_params, n_trainable, host, pinned, impl.shards_with_states and not c.layerwise)
 
 

@@ -114,3 +114,17 @@ def test_validate_is_in_the_main_cli():
     from memplan.cli.main import cli
     r = CliRunner().invoke(cli, ["validate", "--help"])
     assert r.exit_code == 0 and "--device" in r.output
+
+
+MIXED_ADAPTERS = [("lora", "bundled", 0.0, False), ("lora", "peft", 0.0, False), ("lora", "peft", 0.05, False),
+                  ("lowrank", None, 0.0, False), ("relora", None, 0.0, False), ("lora", "peft", 0.0, True)]
+
+
+@pytest.mark.parametrize("method,impl,lora_dropout,layerwise", MIXED_ADAPTERS)
+def test_autocast_adapters_at_full_gate(method, impl, lora_dropout, layerwise):
+    """Under autocast (mixed) adapter matmuls save bf16 copies of their inputs and factors, the
+    frozen base linears none of theirs (activations._adapters_autocast); held to the grid's 1% gate
+    on llama-60m, the size where these terms weigh (the 2-block model's 3% let a 2-7% miss through)."""
+    v = validate(ValidateConfig(model="llama-60m", method=method, rank=32, precision="mixed", batch_size=2,
+                                seq_len=128, device="fake", impl=impl, lora_dropout=lora_dropout, layerwise=layerwise))
+    assert v.passed, v.failures
