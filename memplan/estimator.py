@@ -454,6 +454,16 @@ class Estimate:
         return self._peak[1]
 
     @property
+    def gradient_peak_bytes(self) -> int:
+        """The most gradient bytes alive at once: all gradients at the end of backward, or, when
+        each is consumed as soon as it is complete (per-layer update, offloaded gradients), the
+        largest one (its moment need not be a phase's peak)."""
+        most = max(p.get("gradients", 0) for p in self.phases.values())
+        if self.terms is not None and self.terms.layerwise:
+            most = max(most, self.terms.largest_gradient)
+        return most
+
+    @property
     def device_total_bytes(self) -> int:
         """What the GPU must have: the allocated peak plus CUDA context and fragmentation."""
         return self._peak[1] + self.overhead
@@ -640,7 +650,8 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
                              head, c.loss_chunk, frozen_outside=bool(method.adapter) and not train_other)
     phases = compose(terms, acts)
     overhead = outside_tensors(gpu) + fragmentation_bytes(phases, acts.block if c.checkpointing else 0,
-                                                           terms.gradients if c.layerwise else 0)
+                                                           terms.gradients if c.layerwise else 0,
+                                                           terms.largest_gradient if terms.layerwise else None)
     return Estimate(c, phases, overhead, n_params, n_trainable, gpu, sharded_step_temp=sharded, host_bytes=host,
                     host_pinned_bytes=pinned, terms=terms, acts=acts)
 

@@ -12,7 +12,8 @@ highest memory within it:
   shrinks, so an end is the maximum). With checkpointing, one block's activations are
   recomputed on top of the kept block inputs. With the per-layer update, each
   gradient is consumed by its parameter's optimizer step as soon as it is complete:
-  at most the largest one is alive, and that step's transients happen here; the head
+  at most the largest one is alive (Estimate.gradient_peak_bytes), and that step's
+  transients happen here; the head
   is stepped after its backward has freed what its matmul saved. Under autocast
   (mixed) the head's weight gradient is made in bf16 and then cast to the fp32 one.
 - optimizer_step: all gradients, states and projectors, plus the transients of the
@@ -87,9 +88,20 @@ def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
     if t.layerwise:
         # per-layer update: the head is stepped as soon as its gradient is complete; later
         # gradients are consumed one at a time while the activations shrink
-        if t.first_gradient:  # by then the head's backward has freed what it saved
-            released = 0 if t.frozen_non_target else a.head_released
-            candidates.append((t.first_gradient, after_loss - released, head_in + t.first_step_temp))
+        released = 0 if t.frozen_non_target else a.head_released
+        if t.tied_gradient:
+            # a tied embedding's gradient is complete only at the end of backward: the head's
+            # contribution waits in the engine's buffer, the sum holds three V x h tensors, then the step
+            candidates.append((0, a.inputs, 3 * t.tied_gradient))
+            candidates.append((t.tied_gradient, a.inputs, t.step_temp))
+            candidates.append((0, after_loss, a.grad_logits + head_in + t.tied_gradient))  # its first part
+        else:
+            if t.first_gradient:  # by then the head's backward has freed what it saved
+                candidates.append((t.first_gradient, after_loss - released, head_in + t.first_step_temp))
+            if t.largest_gradient > t.first_gradient:
+                # a block weight larger than the head (a mixture of experts' 3-D weight): made and
+                # stepped in the last block's backward, while nearly all activations are still alive
+                candidates.append((t.largest_gradient, after_loss - released, head_in + t.step_temp))
     else:  # end of backward: every gradient; only the batch is left of the activations
         candidates.append((t.gradients, a.inputs, 0))
         if t.tied_gradient:
@@ -98,15 +110,6 @@ def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
             # then adds them out of place: three V x h tensors alive at once (measured, torch 2.13)
             candidates.append((t.gradients - t.tied_gradient, a.inputs, 3 * t.tied_gradient))
     backward = max(candidates, key=sum)
-    if t.layerwise and backward[0] < t.largest_gradient:
-        # the largest gradient is alive at some point (for the exact gradient count); its
-        # moment is later in backward, when less is alive than at the phase's peak: its bytes are
-        # counted as gradients out of the activations (then the transients), the total unchanged
-        g, act, tmp = backward
-        need = t.largest_gradient - g
-        from_act = min(act, need)
-        backward = (t.largest_gradient, act - from_act, max(0, tmp - (need - from_act)))
-
     step = (0, a.inputs, 0) if t.layerwise else (t.gradients, a.inputs, t.step_temp)
     r = t.refresh_temp
     if r is None:

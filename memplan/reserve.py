@@ -41,11 +41,15 @@ DEFAULT_CONTEXT_BYTES = 530 * MiB  # profiles/gpus.toml: families not measured (
 DEFAULT_WORKSPACE_BYTES = 16640 * 1024  # two 8,519,680 B cuBLAS workspaces (profiles/gpus.toml, pre-Hopper)
 
 
-def fragmentation_bytes(phases: dict, checkpoint_block: int = 0, layerwise_gradients: int = 0) -> int:
+def fragmentation_bytes(phases: dict, checkpoint_block: int = 0, layerwise_gradients: int = 0,
+                        gradients: int | None = None) -> int:
     """Reserved minus allocated at the peak, predicted from the step's phases ({phase: {category:
     bytes}}), with checkpointing the activation bytes of one recomputed block, and with the
-    per-layer update the bytes of all gradients (made and freed one at a time)."""
+    per-layer update the bytes of all gradients (made and freed one at a time). ``gradients``:
+    the most gradient bytes alive at once, when not the phases' most (the per-layer update's)."""
     grads = max(p.get("gradients", 0) for p in phases.values())
+    if gradients is not None:
+        grads = max(grads, gradients)
     acts = phases["forward"].get("activations", 0)
     return int(GRADIENT_SHARE * grads + ACTIVATION_SHARE * acts + CHECKPOINT_BLOCKS * checkpoint_block
                + LAYERWISE_SHARE * layerwise_gradients)

@@ -128,3 +128,17 @@ def test_autocast_adapters_at_full_gate(method, impl, lora_dropout, layerwise):
     v = validate(ValidateConfig(model="llama-60m", method=method, rank=32, precision="mixed", batch_size=2,
                                 seq_len=128, device="fake", impl=impl, lora_dropout=lora_dropout, layerwise=layerwise))
     assert v.passed, v.failures
+
+
+LAYERWISE_MOMENTS = [("gpt2", "adamw", False), ("roberta-base", "adamw", True), ("roberta-base", "galore", False),
+                     ("mixtral-8x7b", "adamw", True)]
+
+
+@pytest.mark.parametrize("model,method,checkpointing", LAYERWISE_MOMENTS)
+def test_per_layer_update_moments_at_full_gate(model, method, checkpointing):
+    """The per-layer update's backward moments beyond the head's step (phases.compose): a tied
+    embedding whose gradient is complete only at the end of backward (GPT-2, RoBERTa), and a
+    mixture of experts' 3-D weight larger than the head (Mixtral), at the grid's 1% gate."""
+    v = validate(ValidateConfig(model=model, method=method, rank=64, batch_size=1, seq_len=128, device="fake",
+                                layerwise=True, checkpointing=checkpointing))
+    assert v.passed, v.failures

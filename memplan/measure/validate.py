@@ -331,7 +331,7 @@ def summarize_estimate(est) -> dict:
               for p, v in est.phases.items()}
     peak = est.peak_phase
     cats = {c: phases[peak][c] for c in CATEGORIES}
-    cats["gradients"] = max(ph["gradients"] for ph in phases.values())
+    cats["gradients"] = est.gradient_peak_bytes
     cats["overhead"] = est.overhead
     return {"phases": phases, "peak_phase": peak, "peak_bytes": est.peak_bytes, "categories": cats,
             "device_total_bytes": est.device_total_bytes}
