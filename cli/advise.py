@@ -7,7 +7,8 @@ import json
 import click
 from tabulate import tabulate
 
-from memplan.cli.common import CONTEXT_SETTINGS, config_kwargs, estimate_options, handle_errors, host_ram_bytes
+from memplan.cli.common import CONTEXT_SETTINGS, estimate_options, handle_errors
+from memplan.cli.options import config_kwargs, host_ram_bytes
 from memplan.errors import MemplanError
 from memplan.units import GiB
 

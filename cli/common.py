@@ -6,8 +6,7 @@ import functools
 import click
 
 from memplan.cli import options
-from memplan.cli.estimate_body import run_estimate  # noqa: F401  (the commands' import)
-from memplan.cli.options import Opt, config_kwargs, host_ram_bytes  # noqa: F401
+from memplan.cli.options import Opt
 from memplan.errors import MemplanError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

@@ -9,7 +9,6 @@ import click
 
 from memplan.cli import options
 from memplan.cli.common import CLIError, apply_options
-from memplan.cli.estimate_body import apply_layout, layout_line, with_layout_line  # noqa: F401
 
 
 def layout_options(f):

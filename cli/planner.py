@@ -7,8 +7,9 @@ import json
 import click
 from click.core import ParameterSource
 
-from memplan.cli.common import (CONTEXT_SETTINGS, config_kwargs, handle_errors, memory_options, model_options,
-                                run_options, shared_memory_options)
+from memplan.cli.common import (CONTEXT_SETTINGS, handle_errors, memory_options, model_options, run_options,
+                                shared_memory_options)
+from memplan.cli.options import config_kwargs
 from memplan import limits
 from memplan.errors import MemplanError
 from memplan.units import GiB

@@ -59,9 +59,6 @@ def _phase(t: StepTerms, gradients: int, activations: int, temporaries: int) -> 
     }
 
 
-def _total(phase: dict[str, int]) -> int:
-    return sum(phase.values())
-
 
 def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
     # each moment as (gradients, activations, temporaries): the other categories are the same at
