@@ -7,9 +7,9 @@ import json
 import click
 from click.core import ParameterSource
 
-from memplan.cli.common import (CONTEXT_SETTINGS, handle_errors, memory_options, model_options, run_options,
-                                shared_memory_options)
-from memplan.cli.options import config_kwargs
+from memplan.cli.common import (CONTEXT_SETTINGS, handle_errors, host_ram_option, memory_options, model_options,
+                                run_options, shared_memory_options)
+from memplan.cli.options import config_kwargs, host_ram_bytes
 from memplan import limits
 from memplan.errors import MemplanError
 from memplan.units import GiB
@@ -83,6 +83,7 @@ def _left_out_note(left: list[str], kw: dict) -> str:
 @click.option("--gpu", "-g", required=True, help=GPU_HELP)
 @click.option("--methods", default=None, help="Comma-separated methods (default: all; see 'memplan methods').")
 @shared_memory_options
+@host_ram_option
 @_run_opts
 @click.pass_context
 @handle_errors
@@ -112,7 +113,8 @@ def fit(ctx, gpu, methods, as_json, **opts):
     layerwise = (lw,) if _given(ctx, "layerwise") else (False, True)
     checkpointing = (ck,) if _given(ctx, "checkpointing") else (False, True)
     names, left_out = _accepting(opts["model"], _names(methods, "--methods"), kw)
-    rows = fit_report(opts["model"], g, names, layerwise=layerwise, checkpointing=checkpointing, **kw)
+    rows = fit_report(opts["model"], g, names, layerwise=layerwise, checkpointing=checkpointing,
+                      host_ram=host_ram_bytes(opts), **kw)
     config = make_config(opts["model"], names[0], **kw)
     if as_json:
         shared = {"model": config.model.name, "precision": config.precision, "batch_size": config.batch_size,

@@ -67,16 +67,23 @@ def fit_table(rows: list[FitRow], gpu: GPUProfile, config: TrainingConfig) -> st
     c = config
     yn = lambda b: "yes" if b else "no"  # noqa: E731
     seq = lambda n: f">={n:,}" if n >= MAX_SEQ_LEN else f"{n:,}"  # noqa: E731
+    offloaded = c.offload != "none"
     table = [[r.method, "-" if r.rank is None else r.rank, yn(r.layerwise), yn(r.checkpointing), yn(r.fits),
-              g(r.required_bytes), signed(r.headroom_bytes), f"{r.max_batch_size:,}", seq(r.max_seq_len),
-              "-" if r.max_rank is None else f"{r.max_rank:,}"] for r in rows]
-    headers = ["method", "rank", "per-layer", "ckpt", "fits", "need GiB", "headroom GiB",
-               f"max batch @{c.seq_len}", "max seq @b1", "max rank"]
+              g(r.required_bytes), signed(r.headroom_bytes)]
+             + ([g(r.host_bytes) + ("" if r.host_fits else " (no)")] if offloaded else [])
+             + [f"{r.max_batch_size:,}", seq(r.max_seq_len), "-" if r.max_rank is None else f"{r.max_rank:,}"]
+             for r in rows]
+    headers = (["method", "rank", "per-layer", "ckpt", "fits", "need GiB", "headroom GiB"]
+               + (["host GiB"] if offloaded else [])
+               + [f"max batch @{c.seq_len}", "max seq @b1", "max rank"])
     lines = [f"{config_line(c, method=False)} | on {gpu_line(gpu, capacity_bytes(gpu))}", "", _table(table, headers),
              "", f"fits / need / headroom: at batch {c.batch_size} x seq {c.seq_len}, device total (allocated peak + "
              "CUDA context + fragmentation).",
              f"max batch: at seq {c.seq_len}; max seq: at batch 1 (search limit {MAX_SEQ_LEN:,}); max rank: at "
              f"batch {c.batch_size} x seq {c.seq_len}, up to {rank_limit(c):,}. 0: even 1 does not fit; -: no rank."]
+    if offloaded:
+        lines.append("host GiB: host memory of the offloaded optimizer (pinned copies and state), the same at "
+                     "every batch and sequence; with --host-ram a row fits only if it fits there too ((no): it does not).")
     return "\n".join(lines + bf16_note([gpu], c.precision))
 
 

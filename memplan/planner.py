@@ -147,6 +147,8 @@ class FitRow:
     max_batch_size: int  # at the given seq_len; 0: batch 1 does not fit
     max_seq_len: int  # at batch 1; 0: does not fit; MAX_SEQ_LEN means "at least"
     max_rank: int | None  # at the given batch and seq_len; None without rank; 0: rank 1 does not fit
+    host_bytes: int = 0  # host memory of an offloaded run (--offload): pinned copies + optimizer state
+    host_fits: bool = True  # the host memory fits the host RAM given (True when none is given)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,11 +176,13 @@ def _adapter_option(names: list[str], options: dict) -> tuple[bool | None, dict]
 
 
 def fit_report(model, gpu, methods=None, *, gpu_file=None, layerwise: Iterable[bool] = (False, True),
-               checkpointing: Iterable[bool] = (False, True), **options) -> list[FitRow]:
+               checkpointing: Iterable[bool] = (False, True), host_ram: int | None = None, **options) -> list[FitRow]:
     """For every method x per-layer update x checkpointing: the fit and the largest sizes.
 
     `options`: TrainingConfig fields shared by all rows (rank, batch_size, seq_len, precision, ...);
-    `train_non_target` applies to the adapter methods among them.
+    `train_non_target` applies to the adapter methods among them. `host_ram` (bytes): a row fits only
+    if an offloaded run's host memory fits it too (the largest sizes are the GPU's: the host memory
+    does not grow with the batch or the sequence).
     """
     g = resolve_gpu(gpu, gpu_file)
     cap = capacity_bytes(g)
@@ -190,11 +194,13 @@ def fit_report(model, gpu, methods=None, *, gpu_file=None, layerwise: Iterable[b
             for ck in checkpointing:
                 c = make_config(model, name, layerwise=lw, checkpointing=ck,
                                 train_non_target=tnt if METHODS[name].adapter else None, **options)
-                need = estimate_config(c).device_total_bytes
+                est = estimate_config(c)
+                need = est.device_total_bytes
+                host_fits = host_ram is None or est.host_bytes <= host_ram
                 uses_rank = METHODS[name].uses_rank
                 rows.append(FitRow(
-                    name, c.rank if uses_rank else None, lw, ck, need <= cap, need, cap - need,
-                    max_batch_size(c, g), max_seq_len(c, g, batch_size=1), max_rank(c, g)))
+                    name, c.rank if uses_rank else None, lw, ck, need <= cap and host_fits, need, cap - need,
+                    max_batch_size(c, g), max_seq_len(c, g, batch_size=1), max_rank(c, g), est.host_bytes, host_fits))
     return rows
 
 

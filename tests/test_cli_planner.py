@@ -42,6 +42,22 @@ def test_fit_json_and_one_setting():
     assert row["max_batch_size"] >= 1 and row["max_rank"] >= 128 and row["max_seq_len"] >= 2048
 
 
+def test_fit_reports_and_checks_the_host_memory_of_an_offloaded_run():
+    import memplan
+    from memplan.units import GiB
+    args = ["fit", "--model", "llama-7b", "--gpu", "rtx-4090", "--methods", "adamw", "--offload", "optimizer",
+            "--layerwise", "--checkpointing"]
+    host = memplan.estimate("llama-7b", "adamw", offload="optimizer", layerwise=True, checkpointing=True).host_bytes
+    assert host > 40 * GiB  # fp32 moments and the pinned copies of 6.7B parameters
+    rows = json.loads(run(*args, "--json").output)["rows"]
+    assert [(r["host_bytes"], r["host_fits"], r["fits"]) for r in rows] == [(host, True, True)]
+    short = run(*args, "--host-ram", str(host / GiB - 1))  # one GiB short
+    assert short.exit_code == 3 and "(no)" in short.output and "host GiB" in short.output
+    rows = json.loads(run(*args, "--host-ram", str(host / GiB + 1), "--json").output)["rows"]
+    assert rows[0]["fits"] and rows[0]["host_fits"]
+    assert "host GiB" not in run("fit", "--model", "llama-7b", "--gpu", "rtx-4090", "--methods", "adamw").output
+
+
 def test_fit_gpu_local_without_nvml(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)
     r = CliRunner().invoke(cli, ["fit", "--model", "llama-7b", "--gpu", "local"])
