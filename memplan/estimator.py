@@ -112,7 +112,7 @@ def check_config(c: TrainingConfig) -> None:
         _check_window(c)
         return
     _check_all(c)
-    if key is not None and len(_VALID_STATIC) < 4096:
+    if key is not None and len(_VALID_STATIC) < _STATIC_SIZE:
         _VALID_STATIC.add(key)
 
 
@@ -621,7 +621,7 @@ def _static_part(c: TrainingConfig) -> tuple:
 
 
 _STATIC: dict = {}
-_STATIC_SIZE = 4096  # entries kept (then the table starts again)
+_STATIC_SIZE = 16384  # entries kept, about 1 KiB each (then the table starts again): a large sweep's
 _activations = lru_cache(maxsize=8192)(activations)  # the same batch x sequence for many methods: a sweep's
 
 
