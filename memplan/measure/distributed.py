@@ -50,7 +50,7 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten
 
-from memplan.measure.tracker import CATEGORIES, MemoryTracker, _storage
+from memplan.measure.tracker import CATEGORIES, MemoryTracker, _storage, tensor_bytes
 
 ENGINE_LAYOUTS = ("ddp", "zero1", "fsdp2", "fsdp2-no-reshard")
 from memplan.measure.validate import _DTYPE, UPDATE_GAP  # noqa: E402 (the single-GPU validation's)
@@ -215,7 +215,7 @@ def _run(cfg: DistConfig, mesh) -> dict:
                 _classify_engine_buffers(model, tracker, fsdp, batch)
             records[step] = _step(wrapped, opt, batch, tracker)
     local = [_local(p) for p in model.parameters()]
-    persistent = {"parameters": _bytes(local), "gradients": max(records[2]["gradients"], records[3]["gradients"]),
+    persistent = {"parameters": tensor_bytes(local), "gradients": max(records[2]["gradients"], records[3]["gradients"]),
                   **_state_bytes(opt)}
     phases = dict(records[3]["phases"])
     phases["refresh_step"] = records[2]["phases"]["optimizer_step"]
@@ -286,16 +286,6 @@ def _state_bytes(opt) -> dict:
             seen.add(id(st))
             res[cat] += st.nbytes()
     return res
-
-
-def _bytes(tensors) -> int:
-    seen, total = set(), 0
-    for t in tensors:
-        st = t.untyped_storage()
-        if id(st) not in seen:
-            seen.add(id(st))
-            total += st.nbytes()
-    return total
 
 
 # --------------------------------------------------------------------------- processes
