@@ -85,7 +85,9 @@ def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
     if t.layerwise:
         # per-layer update: the head is stepped as soon as its gradient is complete; later
         # gradients are consumed one at a time while the activations shrink
-        released = 0 if t.frozen_non_target else a.head_released
+        # a frozen head saved no input, but under autocast its matmul still saved the weight's bf16
+        # copy (for the input gradient): its backward frees that
+        released = a.head_weight_copy if t.frozen_non_target else a.head_released
         if t.tied_gradient:
             # a tied embedding's gradient is complete only at the end of backward: the head's
             # contribution waits in the engine's buffer, the sum holds three V x h tensors, then the step

@@ -1,7 +1,7 @@
 """Monotonicity: memory grows with batch, sequence length and rank; the per-layer
 update and checkpointing never use more.
 
-Two physical exceptions, both deliberate:
+Three physical exceptions, all deliberate:
 - the peak stops growing with batch / sequence once the optimizer step (which
   holds no activations) sets it: activations still grow strictly;
 - 8-bit state is not monotone in the rank where r x K crosses bitsandbytes'
@@ -9,7 +9,8 @@ Two physical exceptions, both deliberate:
   is checked above that threshold for the 8-bit methods.
 - the per-layer update runs each optimizer step during backward, while the
   activations of the blocks below are still alive: its peak can exceed the plain
-  step's by that step's transients, never by more, and it never holds more gradients.
+  step's by that step's transients (or a projection refresh's, which runs there too),
+  never by more, and it never holds more gradients.
 """
 from hypothesis import given, settings, strategies as st
 
@@ -62,6 +63,8 @@ def test_layerwise_and_checkpointing_never_use_more(model, method, precision, ba
     plain = est(model, method, precision, batch, seq, False, ckpt)
     lw = est(model, method, precision, batch, seq, True, ckpt)
     assert max(p["gradients"] for p in lw.phases.values()) <= max(p["gradients"] for p in plain.phases.values())
-    assert lw.peak_bytes <= plain.peak_bytes + lw.phases["backward"]["temporaries"]
+    # a refresh (ReLoRA's merge, GaLore's SVD) under the per-layer update also runs inside backward
+    transients = max(lw.phases["backward"]["temporaries"], lw.phases["refresh_step"]["temporaries"])
+    assert lw.peak_bytes <= plain.peak_bytes + transients
     plain = est(model, method, precision, batch, seq, layerwise, False)
     assert est(model, method, precision, batch, seq, layerwise, True).peak_bytes <= plain.peak_bytes
