@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memplan.profiles import ModelProfile
+from memplan.records import cached_hash
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Activations:
         return self.head_input_grad  # the final norm's output (t x h), saved by a trainable head only
 
 
+@cached_hash
 @dataclass(frozen=True)
 class Knobs:
     """Model settings that change what is saved (TrainingConfig's attn, dropouts and kernels).

@@ -11,20 +11,22 @@ and an estimate applies each method's rule to a handful of shape groups.
 """
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property, lru_cache
+from operator import itemgetter
 
 from memplan import limits
-from memplan import offload
+from memplan import offload, records
 from memplan.activations import Activations, Knobs, activations
 from memplan.errors import MemplanError
 from memplan.inventory import block_order, resolve_targets, shape_groups
 from memplan.methods import METHODS, Method, Shape, get_method
-from memplan.phases import StepTerms, compose
+from memplan.phases import StepTerms, moments, phases_of
 from memplan.profiles import GPUProfile, ModelProfile, load_gpu, load_model
 from memplan.quant import QMAP_BYTES, quantized, weight_bytes
-from memplan.reserve import DEFAULT_CONTEXT_BYTES, context_bytes, fragmentation_bytes, outside_tensors
+from memplan.reserve import DEFAULT_CONTEXT_BYTES, context_bytes, fragmentation, outside_tensors
 from memplan.units import MiB
 
 CATEGORIES = ("parameters", "gradients", "optimizer_states", "projectors", "activations", "temporaries", "overhead")
@@ -50,6 +52,7 @@ CUDA_CONTEXT_BYTES = DEFAULT_CONTEXT_BYTES  # without a GPU profile (profiles gi
 UNKNOWN_USABLE_MARGIN = 0.02  # share of nvidia-smi's total that CUDA cannot allocate, when not measured
 
 
+@records.local_caches
 @dataclass(frozen=True)
 class TrainingConfig:
     """One training run to estimate. Every field has a short meaning."""
@@ -90,30 +93,46 @@ def _positive(name: str, value, flag: str, bound):
     limits.check_int(value, bound, f"{name} ({flag})")
 
 
-_VALID_STATIC: set = set()  # configs' fields but batch and sequence, with their types, that passed the checks
+# Configurations checked, by every field but the batch size and the sequence length (read from the
+# instance's dict in one call) and the types of those where a bool, a float or a numpy integer can
+# equal a valid value and still be refused (a profile equals only a profile of its own class): the
+# batch-independent part of their estimate
+# (_static_part), or None until one is made. A sweep's or a search's configurations differ in the
+# batch or the sequence only: they are checked for those alone, and the rest is looked up once.
+_STATIC: dict = {}
+_STATIC_SIZE = 16384  # entries kept, about 1 KiB each (then the table starts again): a large sweep's
+_KEYED = tuple(f for f in TrainingConfig.__dataclass_fields__ if f not in ("batch_size", "seq_len"))
+_KEY_FIELDS = itemgetter(*_KEYED)
+_TYPED_FIELDS = itemgetter("rank", "update_gap", "layerwise", "checkpointing", "train_non_target", "momentum",
+                           "beta1", "loss_chunk", "attn_dropout", "hidden_dropout", "lora_dropout")
+_UNCHECKED = object()
 
 
 def check_config(c: TrainingConfig) -> None:
     """Refuse (MemplanError) what cannot be estimated, with what to do instead. Only the batch size
-    and the sequence length are checked again for fields already checked together (a sweep's)."""
+    and the sequence length are checked again for fields already checked together (a sweep's).
+
+    Keeps in the config its key in _STATIC (``_fields_key``; None: an unhashable field) and what
+    _STATIC holds under it (``_static``), for estimate_config."""
+    d = c.__dict__
     try:
-        key = (c.model, c.method, c.rank, c.update_gap, c.target_modules, c.precision, c.layerwise, c.checkpointing,
-               c.train_non_target, c.impl, c.momentum, c.beta1, c.weights, c.offload, c.loss, c.loss_chunk, c.attn,
-               c.attn_dropout, c.hidden_dropout, c.lora_dropout, c.kernels, type(c.model), type(c.rank),
-               type(c.update_gap), type(c.layerwise), type(c.checkpointing), type(c.train_non_target),
-               type(c.momentum), type(c.beta1), type(c.loss_chunk), type(c.attn_dropout), type(c.hidden_dropout),
-               type(c.lora_dropout))
-        known = key in _VALID_STATIC
+        key = (_KEY_FIELDS(d), tuple(map(type, _TYPED_FIELDS(d))))
+        static = _STATIC.get(key, _UNCHECKED)
     except TypeError:  # an unhashable field: checked in full
-        key, known = None, False
-    if known:
+        key, static = None, _UNCHECKED
+    if static is _UNCHECKED:
+        _check_all(c)
+        static = None
+        if key is not None:
+            if len(_STATIC) >= _STATIC_SIZE:
+                _STATIC.clear()
+            _STATIC[key] = None
+    else:
         _positive("Batch size", c.batch_size, "--batch-size", limits.BATCH)
         _positive("Sequence length", c.seq_len, "--seq-len", limits.SEQ)
-        _check_window(c)
-        return
-    _check_all(c)
-    if key is not None and len(_VALID_STATIC) < _STATIC_SIZE:
-        _VALID_STATIC.add(key)
+        if c.model.sliding_window:
+            _check_window(c)
+    d["_fields_key"], d["_static"] = key, static
 
 
 def _check_window(c: TrainingConfig) -> None:
@@ -412,6 +431,15 @@ class Estimate:
     terms: StepTerms | None = field(default=None, compare=False, repr=False)  # what the phases were composed of
     acts: Activations | None = field(default=None, compare=False, repr=False)  # (memplan/parallel.py recomposes them)
 
+    def __getattr__(self, name):
+        # an estimate made by estimate_config builds `phases` on first use, from the four moments
+        # (gradients, activations, temporaries) it was composed of: a sweep or a search that reads
+        # only totals and fits skips four dicts (1.8 us of a 12 us estimate)
+        if name == "phases" and "_moments" in self.__dict__:
+            phases = self.__dict__["phases"] = phases_of(self.terms, self.__dict__["_moments"])
+            return phases
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def impl(self):
         """The implementation record the estimate models (memplan.impls.Impl)."""
@@ -487,7 +515,10 @@ class Estimate:
         if g is not self.gpu:  # g's context and workspaces instead of the estimate's GPU's
             need += outside_tensors(g) - outside_tensors(self.gpu)
         host_ok = host_ram is None or self.host_bytes <= host_ram
-        return Fit(g, need <= cap and host_ok, need, cap, cap - need, self.host_bytes, host_ram)
+        return records.new(Fit, {"gpu": g, "fits": need <= cap and host_ok, "required_bytes": need,
+                                 "capacity_bytes": cap, "headroom_bytes": cap - need,
+                                 "host_required_bytes": self.host_bytes, "host_capacity_bytes": host_ram},
+                           defaults=False)
 
     def to_dict(self) -> dict:
         c = self.config
@@ -615,45 +646,70 @@ def _static_part(c: TrainingConfig) -> tuple:
     terms = StepTerms(params, grads, first_grad, first_step_temp, largest_grad, states, projs, step_temp, refresh_temp,
                       per_tensor_grads, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other,
                       tied_gradient=tied_grad)
-    return (method, PRECISIONS[c.precision], r, adapted, knobs_of(c, impl.adapter_bytes or 0, frozen_other=not train_other,
-                                                        base_weights=method.adapter != "lowrank"),
-            train_other, terms, n_params, n_trainable, host, pinned, impl.shards_with_states and not c.layerwise)
+    prec = PRECISIONS[c.precision]
+    model_kn = knobs_of(c, impl.adapter_bytes or 0, frozen_other=not train_other, base_weights=method.adapter != "lowrank")
+    return (method, prec, r, adapted, model_kn, train_other, terms, n_params, n_trainable, host, pinned,
+            impl.shards_with_states and not c.layerwise, _acts_token(c.model, prec, r, adapted, model_kn))
 
 
-_STATIC: dict = {}
-_STATIC_SIZE = 16384  # entries kept, about 1 KiB each (then the table starts again): a large sweep's
-_activations = lru_cache(maxsize=8192)(activations)  # the same batch x sequence for many methods: a sweep's
+# Activations per (token, batch, sequence): the token stands for the model and the other inputs of
+# activations(), the same for many methods (a sweep's), and an int hashes in one step where their
+# tuple (the adapted inputs, the knobs) is hashed anew on each lookup. A table that fills starts again.
+_ACTS: dict = {}
+_ACTS_TOKENS: dict = {}
+_TOKENS = itertools.count()
+
+
+def _acts_token(model: ModelProfile, prec: Precision, r: int, adapted: tuple, kn: Knobs) -> int:
+    inputs = (model, prec.compute, prec.param, r, adapted, kn)
+    token = _ACTS_TOKENS.get(inputs)
+    if token is None:  # new tokens after a clear: entries under old ones are never read again
+        if len(_ACTS_TOKENS) >= _STATIC_SIZE:
+            _ACTS_TOKENS.clear()
+        token = _ACTS_TOKENS[inputs] = next(_TOKENS)
+    return token
 
 
 def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimate:
-    try:  # everything but batch_size, seq_len (update_gap changes no memory; the loss is applied below)
-        key = (c.model, c.method, c.rank, c.target_modules, c.precision, c.layerwise, c.checkpointing,
-               c.train_non_target, c.impl, c.momentum, c.beta1, c.weights, c.offload, c.attn, c.attn_dropout,
-               c.hidden_dropout, c.lora_dropout, c.kernels)
-        static = _STATIC.get(key)
-    except TypeError:  # an unhashable field (a list of target modules): not kept
-        key, static = None, None
+    static = c.__dict__.get("_static")  # what check_config found in _STATIC
     if static is None:
         static = _static_part(c)
-        if key is not None:
+        key = c.__dict__.get("_fields_key")
+        if key is not None:  # (None: an unhashable field, not kept)
             if len(_STATIC) >= _STATIC_SIZE:
                 _STATIC.clear()
-            _STATIC[key] = static
-    method, prec, r, adapted, kn, train_other, terms, n_params, n_trainable, host, pinned, sharded = static
+            _STATIC[key] = c.__dict__["_static"] = static
+    method, prec, r, adapted, kn, train_other, terms, n_params, n_trainable, host, pinned, sharded, token = static
 
-    acts = _activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapted, kn)
+    acts_key = (token, c.batch_size, c.seq_len)
+    acts = _ACTS.get(acts_key)
+    if acts is None:
+        acts = activations(c.model, c.batch_size, c.seq_len, prec.compute, prec.param, r, adapted, kn)
+        if len(_ACTS) >= _STATIC_SIZE:
+            _ACTS.clear()
+        _ACTS[acts_key] = acts
     if c.loss == "fused-chunked":
         from memplan.loss import fused_chunked
 
         head = c.model.vocab_size * c.model.hidden_size * prec.param if (train_other or not method.adapter) else 0
         acts = fused_chunked(acts, c.batch_size * c.seq_len, c.model.hidden_size, c.model.vocab_size, prec.compute,
                              head, c.loss_chunk, frozen_outside=bool(method.adapter) and not train_other)
-    phases = compose(terms, acts)
-    overhead = outside_tensors(gpu) + fragmentation_bytes(phases, acts.block if c.checkpointing else 0,
-                                                           terms.gradients if c.layerwise else 0,
-                                                           terms.largest_gradient if terms.layerwise else None)
-    return Estimate(c, phases, overhead, n_params, n_trainable, gpu, sharded_step_temp=sharded, host_bytes=host,
-                    host_pinned_bytes=pinned, terms=terms, acts=acts)
+    m = moments(terms, acts)
+    grads = max(m[1][0], m[2][0], m[3][0])  # (the forward holds none)
+    if terms.layerwise:
+        grads = max(grads, terms.largest_gradient)
+    overhead = outside_tensors(gpu) + fragmentation(grads, m[0][1], acts.block if c.checkpointing else 0,
+                                                    terms.gradients if c.layerwise else 0)
+    totals = list(map(sum, m))
+    top = max(totals)
+    peak = PHASES[totals.index(top)], top + terms.parameters + terms.optimizer_states + terms.projectors
+    return records.new(Estimate, {"config": c, "_moments": m, "overhead": overhead, "parameter_count": n_params,
+                                  "trainable_count": n_trainable, "gpu": gpu, "sharded_step_temp": sharded,
+                                  "host_bytes": host, "host_pinned_bytes": pinned, "terms": terms, "acts": acts,
+                                  "_peak": peak}, defaults=False)  # Estimate._peak, known here
+
+
+_FIELDS = frozenset(TrainingConfig.__dataclass_fields__)
 
 
 def make_config(model, method: str | None = None, **options) -> TrainingConfig:
@@ -667,14 +723,24 @@ def make_config(model, method: str | None = None, **options) -> TrainingConfig:
         if method is not None:
             changes["method"] = get_method(method).name
         return replace(model, **changes) if changes else model
-    profile = load_model(model)
-    unknown_opts = options.keys() - TrainingConfig.__dataclass_fields__.keys()
-    if unknown_opts:
+    return _new_config(model, method, options)
+
+
+def _new_config(model, method: str | None, options: dict) -> TrainingConfig:
+    """make_config from a model spec, taking `options` (a dict it may change) as they are."""
+    profile = model if type(model) is ModelProfile else load_model(model)
+    if not _FIELDS.issuperset(options):
+        unknown_opts = options.keys() - _FIELDS
         raise MemplanError(f"Unknown option(s) {', '.join(sorted(unknown_opts))}. "
                            f"Allowed: {', '.join(f for f in TrainingConfig.__dataclass_fields__ if f != 'model')}.")
     if isinstance(options.get("target_modules"), (str, list)):
         options["target_modules"] = resolve_targets(profile, options["target_modules"])
-    return TrainingConfig(model=profile, method=get_method("adamw" if method is None else method).name, **options)
+    # TrainingConfig(...) would set its 23 fields one object.__setattr__ at a time (2.6 us of a 10 us
+    # estimate): the same fields and defaults, filled at once, then the same checks
+    options["model"], options["method"] = profile, get_method("adamw" if method is None else method).name
+    c = records.new(TrainingConfig, options)
+    check_config(c)
+    return c
 
 
 def estimate(model, method: str = "adamw", *, gpu=None, gpu_file=None, **options) -> Estimate:
@@ -685,6 +751,6 @@ def estimate(model, method: str = "adamw", *, gpu=None, gpu_file=None, **options
     momentum, beta1). `impl` names the code that runs the method (`memplan methods`
     lists them; None: the method's default, e.g. torch's foreach AdamW).
     """
-    config = make_config(model, method, **options)
-    g = load_gpu(gpu, gpu_file) if gpu is not None else None
-    return estimate_config(config, g)
+    config = make_config(model, method, **options) if isinstance(model, TrainingConfig) else \
+        _new_config(model, method, options)
+    return estimate_config(config, load_gpu(gpu, gpu_file) if gpu is not None else None)

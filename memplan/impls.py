@@ -24,10 +24,12 @@ from collections.abc import Callable, Sequence
 
 from memplan.errors import MemplanError
 from memplan.methods import (METHODS, STEP, Shape, _up, adafactor_step_temp, adamw_step_temp, moment8_bytes)
+from memplan.records import cached_hash
 
 NO_BETA1 = "none"  # Adafactor without a first moment (transformers' default: beta1=None)
 
 
+@cached_hash
 @dataclass(frozen=True)
 class Knobs:
     """Optimizer options that change memory, resolved against the implementation's defaults."""

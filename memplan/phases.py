@@ -61,16 +61,29 @@ def _phase(t: StepTerms, gradients: int, activations: int, temporaries: int) -> 
 
 
 def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
-    # each moment as (gradients, activations, temporaries): the other categories are the same at
-    # every moment, so the largest of these sums is the largest moment (the first of equal ones)
-    saved = a.saved(t.checkpointing, frozen_outside=t.frozen_non_target)
-    after_loss = saved - a.loss_saved  # the loss's backward released the log-softmax output
+    """{phase: {category: bytes}} of the step's four phases."""
+    return phases_of(t, moments(t, a))
+
+
+def phases_of(t: StepTerms, m: tuple) -> dict[str, dict[str, int]]:
+    forward, backward, step, refresh = m
+    return {"forward": _phase(t, *forward), "backward": _phase(t, *backward), "optimizer_step": _phase(t, *step),
+            "refresh_step": _phase(t, *refresh)}
+
+
+def moments(t: StepTerms, a: Activations) -> tuple:
+    """The four phases' moments, each as (gradients, activations, temporaries): the other categories
+    are the same at every moment, so the largest of these sums is the largest moment (the first of
+    equal ones)."""
+    saved = a.saved(t.checkpointing, t.frozen_non_target)
+    loss_saved = a.loss_saved
+    after_loss = saved - loss_saved  # the loss's backward released the log-softmax output
     forward = (0, saved, a.loss_fwd_transient)  # while the loss runs
 
     # the loss's backward: nll's gradient and log_softmax's input gradient (fp32, t x V each)
-    candidates = [(0, saved, 2 * a.loss_saved)]
-    if a.grad_logits != a.loss_saved:  # bf16 / mixed: the fp32 gradient cast to the compute dtype
-        candidates.append((0, after_loss, a.loss_saved + a.grad_logits))
+    candidates = [(0, saved, 2 * loss_saved)]
+    if a.grad_logits != loss_saved:  # bf16 / mixed: the fp32 gradient cast to the compute dtype
+        candidates.append((0, after_loss, loss_saved + a.grad_logits))
     # the head's backward: the logits' gradient, the head's weight gradient and input gradient
     head_in = a.head_input_grad
     copy = a.head_weight_copy if t.first_gradient else 0
@@ -116,8 +129,12 @@ def compose(t: StepTerms, a: Activations) -> dict[str, dict[str, int]]:
     elif t.layerwise:
         # the refresh runs inside backward, at any of its moments: the largest of them with the
         # refresh transients on top (a max over moments, so it grows with batch and sequence)
-        refresh = max(((g, act, max(tmp, r)) for g, act, tmp in candidates + [backward]), key=sum)
+        refresh, top = None, -1
+        for g, act, tmp in candidates:
+            if tmp < r:
+                tmp = r
+            if g + act + tmp > top:  # the first of equal ones
+                refresh, top = (g, act, tmp), g + act + tmp
     else:
         refresh = (step[0], step[1], max(step[2], r))
-    return {"forward": _phase(t, *forward), "backward": _phase(t, *backward), "optimizer_step": _phase(t, *step),
-            "refresh_step": _phase(t, *refresh)}
+    return forward, backward, step, refresh

@@ -16,6 +16,7 @@ from functools import lru_cache
 
 from memplan import limits
 from memplan.errors import MemplanError, unknown
+from memplan.records import cached_hash
 from memplan.units import MiB
 
 # model_type -> architecture family. A family fixes the tensor inventory and the
@@ -32,6 +33,7 @@ FAMILIES = {
 }
 
 
+@cached_hash
 @dataclass(frozen=True)
 class ModelProfile:
     """One model architecture, in Hugging Face `config.json` terms."""
@@ -106,6 +108,7 @@ class ModelProfile:
         return self.family != "bert"
 
 
+@cached_hash
 @dataclass(frozen=True)
 class GPUProfile:
     """One GPU model. Capacity is what CUDA can allocate (usable_mib when known)."""

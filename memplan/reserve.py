@@ -31,6 +31,8 @@ without a GPU the defaults below are used.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from memplan.units import MiB
 
 GRADIENT_SHARE = 0.27
@@ -50,8 +52,12 @@ def fragmentation_bytes(phases: dict, checkpoint_block: int = 0, layerwise_gradi
     grads = max(p.get("gradients", 0) for p in phases.values())
     if gradients is not None:
         grads = max(grads, gradients)
-    acts = phases["forward"].get("activations", 0)
-    return int(GRADIENT_SHARE * grads + ACTIVATION_SHARE * acts + CHECKPOINT_BLOCKS * checkpoint_block
+    return fragmentation(grads, phases["forward"].get("activations", 0), checkpoint_block, layerwise_gradients)
+
+
+def fragmentation(gradients: int, activations: int, checkpoint_block: int = 0, layerwise_gradients: int = 0) -> int:
+    """The rule itself: from the most gradient bytes alive at once and the saved activations."""
+    return int(GRADIENT_SHARE * gradients + ACTIVATION_SHARE * activations + CHECKPOINT_BLOCKS * checkpoint_block
                + LAYERWISE_SHARE * layerwise_gradients)
 
 
@@ -67,6 +73,7 @@ def workspace_bytes(gpu=None) -> int:
     return kib * 1024 if kib else DEFAULT_WORKSPACE_BYTES
 
 
+@lru_cache(maxsize=256)  # once per GPU profile: an estimate asks for it every time
 def outside_tensors(gpu=None) -> int:
     """What the device total adds besides the tensors and fragmentation: workspaces + context."""
     return context_bytes(gpu) + workspace_bytes(gpu)

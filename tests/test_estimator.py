@@ -214,8 +214,8 @@ def test_import_does_not_pull_torch():
 def _clear_estimator_tables():
     from memplan import estimator as E
     E._STATIC.clear()
-    E._VALID_STATIC.clear()
-    E._activations.cache_clear()
+    E._ACTS.clear()
+    E._ACTS_TOKENS.clear()
     E._step_terms.cache_clear()
 
 
@@ -248,3 +248,40 @@ def test_checks_still_refuse_batch_and_sequence_after_a_valid_config():
     estimate("llama-7b", "golore", rank=128)
     with pytest.raises(memplan.MemplanError, match="Rank"):
         estimate("llama-7b", "golore", rank=True)  # equal to 1 as a key, but not an integer rank
+
+
+def test_phases_built_on_first_use_are_the_composed_ones():
+    """estimate_config keeps the four moments and builds `phases` when first read; the peak it
+    records is the one the phases give, and a pickled estimate carries its phases."""
+    import pickle
+
+    from memplan.phases import compose
+
+    for kw in (dict(method="adamw"), dict(method="galore", layerwise=True), dict(method="lora", precision="mixed"),
+               dict(method="relora", checkpointing=True)):
+        est = estimate("llama-1b", gpu="rtx-4090", batch_size=2, seq_len=512, **kw)
+        assert "phases" not in est.__dict__
+        peak_phase, peak = est.peak_phase, est.peak_bytes  # recorded when made
+        assert est.phases == compose(est.terms, est.acts)
+        totals = {p: sum(v.values()) for p, v in est.phases.items()}
+        assert (peak_phase, peak) == (max(totals, key=totals.get), max(totals.values()))
+        again = pickle.loads(pickle.dumps(est))
+        assert again.phases == est.phases and again.peak_bytes == peak
+
+
+def test_configs_and_profiles_pickle_without_their_caches():
+    """A config keeps its key in the estimator's table and a profile its hash (string hashes differ
+    between processes): neither travels in a pickle, and the copies estimate the same."""
+    import pickle
+
+    from memplan.estimator import make_config
+
+    c = make_config("llama-7b", "galore", rank=64)
+    est = estimate(c)
+    hash(c.model)
+    assert {"_fields_key", "_static"} <= c.__dict__.keys() and "_hash" in c.model.__dict__
+    copy = pickle.loads(pickle.dumps(c))
+    assert not [k for k in copy.__dict__ if k.startswith("_")]
+    assert "_hash" not in copy.model.__dict__
+    assert copy == c and hash(copy.model) == hash(c.model)
+    assert estimate(copy).to_dict() == est.to_dict()
