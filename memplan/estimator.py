@@ -35,6 +35,8 @@ PHASES = ("forward", "backward", "optimizer_step", "refresh_step")
 
 @dataclass(frozen=True)
 class Precision:
+    """Bytes per element of the weights, the gradients and the activations."""
+
     param: int  # bytes per weight element
     grad: int  # bytes per gradient element (and optimizer-state element, which follows it)
     compute: int  # bytes per activation element
@@ -389,6 +391,8 @@ def _adapted_inputs(model: ModelProfile, targets) -> tuple[tuple[str, int, int],
 
 @dataclass(frozen=True)
 class Fit:
+    """Whether an estimate fits a GPU, and by how much."""
+
     gpu: GPUProfile
     fits: bool
     required_bytes: int  # the device total of the estimate
@@ -419,6 +423,8 @@ def capacity_bytes(gpu: GPUProfile) -> int:
 
 @dataclass(frozen=True)
 class Estimate:
+    """Memory of one training step: bytes per category at each phase, the overhead and the counts."""
+
     config: TrainingConfig
     phases: dict  # {phase: {category: bytes}}, allocated categories (no overhead)
     overhead: int  # CUDA context + allocator fragmentation

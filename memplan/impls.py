@@ -46,6 +46,8 @@ SequenceRule = Callable[[Sequence[Shape], int, int, Knobs], int]
 
 @dataclass(frozen=True)
 class Impl:
+    """The code that runs a method (a library or the bundled optimizer): its memory rules."""
+
     method: str
     name: str
     library: str  # the code and version this record models

@@ -28,6 +28,8 @@ DEFAULT_TARGET_MODULES = {
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """One parameter tensor of a model: its name, shape and role in the block."""
+
     name: str
     shape: tuple[int, ...]
     role: str  # embedding, position_embedding, attention, mlp, norm, bias, head

@@ -18,6 +18,8 @@ from memplan.errors import MemplanError
 
 @dataclass(frozen=True)
 class Bound:
+    """The range a number accepts, and why (said when a value falls outside it)."""
+
     low: int | float
     high: int | float
     why: str

@@ -24,6 +24,8 @@ STEP = 4  # state["step"]: a 0-d fp32 tensor per parameter with state, as torch.
 
 @dataclass(frozen=True)
 class Shape:
+    """A parameter of m x n elements (a vector: n = 1), and whether the method projects it."""
+
     m: int
     n: int
     projected: bool  # a target weight (GaLore-style projection applies)
@@ -211,6 +213,8 @@ OVERSAMPLE = 10
 
 @dataclass(frozen=True)
 class Method:
+    """A training method: its paper and its default memory rules (state, step and refresh transients)."""
+
     name: str
     description: str
     paper: str

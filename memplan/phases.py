@@ -33,6 +33,8 @@ from memplan.activations import Activations
 
 @dataclass(frozen=True)
 class StepTerms:
+    """What a step holds and allocates apart from the activations, in bytes."""
+
     parameters: int
     gradients: int  # all trainable gradients
     first_gradient: int  # the gradient produced first in backward (the head's)

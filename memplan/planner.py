@@ -137,6 +137,8 @@ def max_rank(model, gpu, method: str | None = None, *, gpu_file=None, layout: st
 
 @dataclass(frozen=True)
 class FitRow:
+    """One method's row of `memplan fit`: its largest sizes on the GPU and its memory there."""
+
     method: str
     rank: int | None  # None: the method has no rank
     layerwise: bool
