@@ -88,13 +88,28 @@ def test_click_command_is_built_from_the_same_table():
 
 
 def test_console_script_runs_the_fast_path():
-    """`memplan estimate` as installed (the entry point is cli/fast.py:main), without importing click."""
-    code = ("import sys; from memplan.cli.fast import main; sys.argv = ['memplan', 'estimate', '--model', "
-            "'llama-7b', '--json']; main(); assert 'click' not in sys.modules, 'click imported'")
+    """`memplan estimate` as installed (the entry point is memplan_start.py:main): no click, and
+    `inspect` (imported by dataclasses) never run."""
+    code = ("import sys; from memplan_start import main; sys.argv = ['memplan', 'estimate', '--model', "
+            "'llama-7b', '--json']; main(); assert 'click' not in sys.modules, 'click imported'; "
+            "assert type(sys.modules['inspect']).__name__ == '_Deferred' and 'ast' not in sys.modules, 'inspect run'")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert '"peak_phase"' in res.stdout
-    code = ("import sys; from memplan.cli.fast import main; sys.argv = ['memplan', 'estimate', '--model', 'nope']; "
+    code = ("import sys; from memplan_start import main; sys.argv = ['memplan', 'estimate', '--model', 'nope']; "
             "main()")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.startswith("Error: Unknown model 'nope'")
+
+
+def test_a_deferred_module_runs_whole_on_first_use():
+    """What reads `inspect` after the console script deferred it (click's path, a traceback) gets
+    the whole module: `from inspect import ...`, attributes, and the module is a plain one after."""
+    code = ("import sys, memplan_start; memplan_start.defer('inspect'); import inspect, dataclasses; "
+            "assert type(inspect).__name__ == '_Deferred'; from inspect import signature; "
+            "assert str(signature(lambda a, b=2: 0)) == '(a, b=2)'; assert type(inspect).__name__ == 'module'; "
+            "assert inspect.isfunction(len) is False and sys.modules['inspect'] is inspect; "
+            "import click.testing, memplan.cli.main as m; r = click.testing.CliRunner().invoke(m.cli, ['--help']); "
+            "assert r.exit_code == 0 and 'estimate' in r.output, r.output")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
