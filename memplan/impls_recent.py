@@ -41,6 +41,9 @@ for _impl in [
          _lift(rec.qapollo_mini_state), _lift(rec.qapollo_mini_step_temp), _lift(rec.qapollo_mini_step_temp),
          checked_by=_TESTS),
     Impl("fira", "fira", "fira 1.0.2 FiraAdamW", "GaLore's subspace Adam plus the scaled residual gradient",
-         _lift(rec.fira_state), _lift(rec.fira_step_temp), _lift(rec.fira_refresh_temp), checked_by=_TESTS),
+         _lift(rec.fira_state), _lift(rec.fira_step_temp), _lift(rec.fira_refresh_temp),
+         sequence_temp=lambda shapes, r, s, o: rec.fira_walk(shapes, r, s, False),
+         sequence_refresh=lambda shapes, r, s, o: rec.fira_walk(shapes, r, s, True), regular_first=True,
+         checked_by=_TESTS + "; whole models: benchmarks/validate_recent_methods.py"),
 ]:
     register(_impl)

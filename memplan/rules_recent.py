@@ -93,6 +93,41 @@ def fira_refresh_temp(t, r: int, s: int) -> int:
     return _up(t.numel, s) + 4 * (t.m * t.k + t.k + t.k * t.n) + (0 if s == 4 else r * t.k * s)
 
 
+def fira_walk(shapes, r: int, s: int, refresh: bool) -> int:
+    """FiraAdamW's whole step, over the parameters in step order (non-projected first, as its
+    scripts group them): the largest transient above the weights, gradients and state.
+
+    Its loop's locals outlive the iteration, each until reassigned: after a non-projected
+    parameter `denom` and `norm_grad` (m x n each); after a projected one `denom` (r x K),
+    `norm_grad`, `subgrad` and `scaling_grad` (m x n each), `scaling_factor` (K) and two 0-d
+    norms. So the next parameter's step (and its SVD, on a refresh step) runs above them: the
+    refresh of the first projected weight sits on the last dense parameter's two full-size
+    locals (the head's, 2 x 65.5 MB in fp32 at llama-60m). One parameter alone gives
+    fira_step_temp and fira_refresh_temp.
+    """
+    peak = 0
+    d = g = sub = sf = sg = nrm = 0  # the previous iterations' locals still alive
+    for t in shapes:
+        N = t.numel * s
+        base = d + g + sub + sf + sg + nrm
+        if not t.projected:
+            peak = max(peak, base + N, base - d + 2 * N)  # denom beside the old one; exp_avg / denom
+            d = g = N
+            continue
+        low, kb, norms = r * t.K * s, t.K * s, 2 * NORM * s
+        if refresh:
+            peak = max(peak, base + fira_refresh_temp(t, r, s))
+        peak = max(peak,
+                   base + 2 * low,  # R and the new denom, the old denom still alive
+                   base - d + 3 * low,  # exp_avg / denom, the old norm_grad still alive
+                   base - d - g + 3 * low + N,  # project_back(R), the old subgrad still alive
+                   3 * low + N + sf + sg + nrm + 3 * kb,  # the two channel norms and their sum
+                   3 * low + 3 * N + kb + sg + nrm,  # (p.grad - subgrad) * scaling_factor, old scaling_grad alive
+                   3 * low + 4 * N + kb + norms)  # project_back(norm_grad) + scaling_grad (fira_step_temp)
+        d, g, sub, sf, sg, nrm = low, N, N, kb, N, norms
+    return peak
+
+
 # ---------------------------------------------------------------- Q-GaLore (q-galore-torch 1.0)
 
 PROJ_GROUP = 256  # q-galore's projector quantization group (its scripts' --proj_group_size)
