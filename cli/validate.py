@@ -120,8 +120,9 @@ def validate(model, method, rank, batch_size, seq_len, precision, layerwise, che
     memplan's LLaMA) and runs three steps (a warm-up, an ordinary step and a
     projection refresh) with the bundled optimizer, or with the real library given
     by --impl (torch-foreach, torch-fused, torch-forloop, torch (SGD), transformers,
-    bitsandbytes, galore-torch, peft), measures memory by category and phase, and prints
-    estimate, measurement and error side by side. Exit code 1 when a target
+    bitsandbytes, galore-torch, peft, apollo-torch, fira, q-galore-torch-bf16; a method
+    without a bundled optimizer runs its library), measures memory by category and phase,
+    and prints estimate, measurement and error side by side. Exit code 1 when a target
     fails (exact parameters, gradients, optimizer states and projectors; peak
     within 3% and in the same phase).
 

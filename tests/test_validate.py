@@ -142,3 +142,19 @@ def test_per_layer_update_moments_at_full_gate(model, method, checkpointing):
     v = validate(ValidateConfig(model=model, method=method, rank=64, batch_size=1, seq_len=128, device="fake",
                                 layerwise=True, checkpointing=checkpointing))
     assert v.passed, v.failures
+
+
+def test_methods_without_a_bundled_optimizer_run_their_library_or_say_why_not():
+    """APOLLO and Fira have no bundled optimizer: validate runs their libraries by default. What it
+    cannot build (QLoRA's NF4 base, INT8 weights) is refused in one line that names the fix and
+    the test that checks those rules instead."""
+    assert ValidateConfig(method="apollo").impl == "apollo-torch"
+    assert ValidateConfig(method="fira").impl == "fira"
+    assert ValidateConfig(method="galore").impl is None  # the bundled optimizer
+    assert ValidateConfig(method="qgalore", impl="q-galore-torch-bf16").impl == "q-galore-torch-bf16"
+    for method, impl, fix in (("qlora", None, "NF4"), ("qgalore", None, "--impl q-galore-torch-bf16"),
+                              ("apollo", "q-apollo", "--impl apollo-torch")):
+        with pytest.raises(ValueError, match=f"cannot run {method}") as e:
+            ValidateConfig(method=method, impl=impl)
+        assert fix in str(e.value) and "tests/test_recent_methods.py" in str(e.value)
+        assert "\n" not in str(e.value)

@@ -60,6 +60,7 @@ class ValidateConfig:
             raise ValueError(f"Unknown implementation {self.implementation!r}; expected 'bundled' or 'hf'")
         if self.implementation == "bundled":
             check_bundled(self)
+        self.impl = runnable_impl(get_method_name(self.method), self.impl)
 
     @property
     def resolved_impl(self) -> str:
@@ -91,6 +92,34 @@ class ValidateConfig:
 
 # the bundled build (memplan.optim.build) runs these for the plain baselines
 BUNDLED_AS = {"adamw": "torch-forloop", "sgd": "torch"}
+
+# implementations that run on weights validate's model builders do not make
+NOT_BUILT = {
+    "peft-bitsandbytes": "QLoRA trains on NF4 base weights (bitsandbytes' Linear4bit), which validate's model "
+                         "builders do not make",
+    "q-galore-torch": "Q-GaLore's INT8 QLinear lives in the authors' repository, not in the package "
+                      "(--impl q-galore-torch-bf16 runs its optimizer on bf16 weights)",
+    "q-apollo": "QAPOLLOAdamW steps INT8 weights, which validate's model builders do not make "
+                "(--impl apollo-torch runs APOLLO on bf16 weights)",
+}
+
+
+def runnable_impl(method: str, impl: str | None) -> str | None:
+    """The implementation validate runs for `method`: `impl`, or for a method without a bundled
+    optimizer its default library; ValueError, in one line, for one that cannot run here."""
+    from memplan.impls import default_impl, get_impl, impls_of
+    from memplan.measure.libs import uses_library
+
+    if impl is None:
+        if BUNDLED_AS.get(method, "bundled") in impls_of(method):
+            return None  # the bundled optimizer
+        impl = default_impl(method)
+    record = get_impl(method, impl)  # an unknown name: MemplanError, with the allowed ones
+    if record.name != "bundled" and not uses_library(record.name):
+        why = NOT_BUILT.get(record.name, "validate has no builder for it")
+        raise ValueError(f"memplan validate cannot run {method} with {record.name} here: {why}. Its rules are "
+                         f"checked by {record.checked_by}.")
+    return record.name
 
 
 def get_method_name(name: str) -> str:
