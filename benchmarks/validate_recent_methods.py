@@ -1,5 +1,6 @@
-"""Whole-model check of QLoRA's neighbours: APOLLO, APOLLO-Mini, Fira and Q-GaLore run by their own
-libraries (apollo-torch 1.0.3, fira 1.0.2, q-galore-torch 1.0 on bitsandbytes 0.50.2) on memplan's
+"""Whole-model check of the methods for 16-24 GB GPUs: APOLLO, APOLLO-Mini, Fira, Q-GaLore and QLoRA run
+by their own libraries (apollo-torch 1.0.3, fira 1.0.2, q-galore-torch 1.0 on bitsandbytes 0.50.2;
+QLoRA: bitsandbytes' NF4 Linear4bit with double quantization under peft LoRA, PagedAdamW8bit) on memplan's
 bundled LLaMA and on transformers' LlamaForCausalLM (random weights), real CPU tensors, memplan's
 tracker; against the estimate of the same run.
 
@@ -24,7 +25,7 @@ import memplan
 from memplan.measure.validate import ValidateConfig, compare, measure_config, summarize_estimate, summarize_measured
 
 CASES = [("apollo", "apollo-torch", None), ("apollo-mini", "apollo-torch", None), ("fira", "fira", None),
-         ("qgalore", "q-galore-torch-bf16", "bf16")]
+         ("qgalore", "q-galore-torch-bf16", "bf16"), ("qlora", "peft-bitsandbytes", None)]
 OUT = Path(__file__).parent / "results" / "validate_recent_methods.json"
 
 

@@ -39,6 +39,8 @@ class Activations:
     n_blocks: int
     head_released: int = 0  # what the head's backward frees: its saved input (and head_weight_copy)
     head_weight_copy: int = 0  # mixed: autocast's bf16 copy of the head weight, saved by its matmul
+    token_bytes: int = 0  # one compute-dtype value per token (c x t): a width-w activation is w x token_bytes
+    block_backward: int = 0  # what a block's backward holds beyond its saved tensors and incoming gradient
 
     def saved(self, checkpointing: bool, frozen_outside: bool = False) -> int:
         """Everything held for backward at the end of the forward pass.
@@ -354,6 +356,16 @@ def _outside(p: ModelProfile, t: int, seq: int, c: int, x: int, k: Knobs) -> int
     return final
 
 
+def _block_backward(p: ModelProfile, t: int, c: int) -> int:
+    """The most a block's backward holds at once beyond the tensors the block saved and the gradient
+    flowing in: its MLP's. SwiGLU (LLaMA): once the down projection's backward has freed its input,
+    the gradients of that input, of the activation's output and of the up projection (t x i each)
+    are alive together: two more than the one freed. GELU MLPs (GPT-2, OPT, BERT): the gradient of
+    the activation's output and of its input beside fc1's saved output, one more than the one freed."""
+    i = p.intermediate_size
+    return (2 if p.family == "llama" else 1) * c * t * i
+
+
 def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_rank: int,
                 adapter_inputs: tuple[tuple[str, int, int], ...] = (), knobs: Knobs = Knobs()) -> Activations:
     """Activation terms for one micro-batch of `batch` x `seq` tokens.
@@ -400,4 +412,5 @@ def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_r
     copy = c * V * h if rms and x != c else 0
     head_released = 0 if p.family == "bert" else c * t * h + copy
     return Activations(block, x * t * h, outside, inputs, logits, loss_saved, fwd_transient, logits,
-                       c * t * h, frozen_norm, first_norm, p.num_hidden_layers, head_released, copy)
+                       c * t * h, frozen_norm, first_norm, p.num_hidden_layers, head_released, copy, c * t,
+                       _block_backward(p, t, c))

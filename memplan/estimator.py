@@ -329,23 +329,26 @@ def _tensors(model: ModelProfile, targets, method: Method, rank: int, train_othe
     return tuple(out)
 
 
+def _entries(specs, method: Method, rank: int, train_other: bool) -> list:
+    """The trainable tensors of `specs` as (shape, is_adapter): adapters in place of target weights."""
+    out = []
+    for spec in specs:
+        m, n = (spec.shape[0], spec.shape[1]) if len(spec.shape) == 2 else (spec.numel, 1)
+        if method.adapter and spec.projected:
+            out += [(Shape(rank, n, False), True), (Shape(m, rank, False), True)]
+        elif not method.adapter or train_other:
+            out.append((Shape(m, n, spec.projected), False))
+    return out
+
+
 @lru_cache(maxsize=1024)
 def _step_order(model: ModelProfile, targets, method: Method, rank: int, train_other: bool, regular_first: bool):
     """Trainable tensors as (shape, is_adapter) in the order the optimizer steps them (model order;
     non-projected first when the implementation's recipes group them so)."""
-    def entries(specs):
-        out = []
-        for spec in specs:
-            m, n = (spec.shape[0], spec.shape[1]) if len(spec.shape) == 2 else (spec.numel, 1)
-            if method.adapter and spec.projected:
-                out += [(Shape(rank, n, False), True), (Shape(m, rank, False), True)]
-            elif not method.adapter or train_other:
-                out.append((Shape(m, n, spec.projected), False))
-        return out
-
     # one block's entries, repeated by reference: no per-layer objects are made (memplan/inventory.py)
     before, block, after = block_order(model, targets)
-    out = entries(before) + entries(block) * model.num_hidden_layers + entries(after)
+    out = (_entries(before, method, rank, train_other) + _entries(block, method, rank, train_other)
+           * model.num_hidden_layers + _entries(after, method, rank, train_other))
     if regular_first:
         out = [x for x in out if not x[0].projected] + [x for x in out if x[0].projected]
     return _Order(out)
@@ -572,6 +575,7 @@ def _step_terms(model: ModelProfile, targets, method_name: str, impl_name_: str,
     params = grads = states = projs = host = pinned = 0
     n_params = n_trainable = 0
     largest_grad = first_grad = first_step_temp = step_temp = tied_grad = 0
+    dequant = (0, 0)  # NF4: (bytes, input width) of the largest base weight dequantized in backward
     refresh_temp = None
     n_quantized = 0
     for shape, role, n, trainable in tensors:
@@ -582,6 +586,10 @@ def _step_terms(model: ModelProfile, targets, method_name: str, impl_name_: str,
         n_params += n * numel
         if wfmt != "bf16" and shape.matrix and role in ("attention", "mlp"):  # quantized block linears
             params += n * weight_bytes(wfmt, numel, pb)
+            if wfmt == "nf4":  # dequantize_4bit gives the weight's own dtype, then .to() the gradient's
+                cast = numel * prec.compute if prec.compute != pb else 0
+                width = shape.n if model.family != "gpt2" else shape.m
+                dequant = max(dequant, (numel * pb + cast, width))
         else:
             params += n * numel * pb
         if not trainable:
@@ -614,6 +622,15 @@ def _step_terms(model: ModelProfile, targets, method_name: str, impl_name_: str,
         low_rank = shape.projected and method.uses_rank and not method.adapter  # state of the r x K projection
         if method.eightbit and quantized(r * shape.K if low_rank else numel):
             n_quantized += n
+    # the gradients not made yet at the first block's backward peak (in its MLP, once the MLP's output
+    # linear has made its gradients): the rest of the block's and the embeddings'
+    before, block, _after = block_order(model, targets)
+    last = max((i for i, spec in enumerate(block) if len(spec.shape) >= 2), default=len(block))
+    adapter_b = impl.adapter_bytes or prec.grad
+    unmade = sum(t.numel * (adapter_b if adapter else prec.grad)
+                 for t, adapter in _entries(before + block[:last], method, r, train_other))
+    tail = sum(t.numel * (adapter_b if adapter else prec.grad) for t, adapter in _entries(block[last:], method, r,
+                                                                                         train_other))
     if impl.refresh_temp is not None:  # one projected (or, for ReLoRA, adapted) weight at a time
         refresh_temp = max(impl.refresh_temp(shape, r, prec.grad, kn) for shape, _, _ in _groups(model, targets)
                            if shape.projected)
@@ -627,7 +644,7 @@ def _step_terms(model: ModelProfile, targets, method_name: str, impl_name_: str,
     if n_quantized:  # shared quantization maps: once, or once per optimizer (bitsandbytes per layer)
         states += QMAP_BYTES * (n_quantized if layerwise and impl.qmaps_per_optimizer else 1)
     return (params, grads, states, projs, host, pinned, n_params, n_trainable, largest_grad, first_grad,
-            first_step_temp, step_temp, tied_grad, refresh_temp)
+            first_step_temp, step_temp, tied_grad, refresh_temp, dequant, unmade, tail)
 
 
 def _static_part(c: TrainingConfig) -> tuple:
@@ -644,14 +661,15 @@ def _static_part(c: TrainingConfig) -> tuple:
     train_other = method.train_non_target if c.train_non_target is None else c.train_non_target
     r = c.rank if method.uses_rank else 0
     (params, grads, states, projs, host, pinned, n_params, n_trainable, largest_grad, first_grad, first_step_temp,
-     step_temp, tied_grad, refresh_temp) = _step_terms(c.model, targets, method.name, impl.name, kn, weight_format(c),
+     step_temp, tied_grad, refresh_temp, dequant, unmade, tail) = _step_terms(c.model, targets, method.name, impl.name, kn, weight_format(c),
                                                        c.precision, r, train_other, c.layerwise, c.offload)
     adapted = _adapted_inputs(c.model, targets) if method.adapter else ()
     # offloaded gradients leave the device one at a time, as with the per-layer update
     per_tensor_grads = c.layerwise or c.offload == "optimizer+gradients"
     terms = StepTerms(params, grads, first_grad, first_step_temp, largest_grad, states, projs, step_temp, refresh_temp,
                       per_tensor_grads, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other,
-                      tied_gradient=tied_grad)
+                      tied_gradient=tied_grad, dequant_weight=dequant[0], dequant_width=dequant[1],
+                      unmade_at_first_block=min(unmade, grads), block_tail_gradient=min(tail, grads))
     prec = PRECISIONS[c.precision]
     model_kn = knobs_of(c, impl.adapter_bytes or 0, frozen_other=not train_other, base_weights=method.adapter != "lowrank")
     return (method, prec, r, adapted, model_kn, train_other, terms, n_params, n_trainable, host, pinned,

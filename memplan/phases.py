@@ -6,11 +6,17 @@ highest memory within it:
 
 - forward: end of the forward pass, while the loss is computed. No gradients
   (zero_grad(set_to_none=True) freed the previous step's).
-- backward: the larger of its two ends. At its start everything saved is alive, plus
-  the gradients of the loss w.r.t. the logits and the head's gradient; at its end all
-  gradients exist and the activations are gone (in between, one grows as the other
-  shrinks, so an end is the maximum). With checkpointing, one block's activations are
-  recomputed on top of the kept block inputs. With the per-layer update, each
+- backward: the largest of its ends. At its start everything saved is alive, plus
+  the gradients of the loss w.r.t. the logits and the head's gradient; then the blocks
+  run backward, last to first, each freeing its activations as the next gradients are
+  made: block by block, one grows as the other shrinks, so the largest block moment is
+  the last block's or the first block's. Each is a block's backward peak, in its MLP
+  (Activations.block_backward beyond what the block saved): in the last block with
+  nearly every activation alive, in the first with every gradient but that block's and
+  the embeddings'. At its end all gradients exist and the activations are gone. With
+  checkpointing, each block's activations are recomputed on top of the kept block
+  inputs before its backward. 4-bit base weights (QLoRA) are dequantized whole in
+  their linear's backward. With the per-layer update, each
   gradient is consumed by its parameter's optimizer step as soon as it is complete:
   at most the largest one is alive (Estimate.gradient_peak_bytes), and that step's
   transients happen here; the head
@@ -48,6 +54,10 @@ class StepTerms:
     checkpointing: bool
     frozen_non_target: bool = False  # adapters trained alone: embeddings, norms and head frozen
     tied_gradient: int = 0  # a trainable embedding tied to the head: its gradient's bytes (0: none)
+    dequant_weight: int = 0  # 4-bit base weights: the largest one dequantized for its input gradient (bytes)
+    dequant_width: int = 0  # that linear's input width (its input gradient: width x token_bytes)
+    unmade_at_first_block: int = 0  # gradient bytes not made yet at the first block's backward peak
+    block_tail_gradient: int = 0  # gradient bytes a block's backward makes before its peak (its MLP's output linear)
 
 
 def _phase(t: StepTerms, gradients: int, activations: int, temporaries: int) -> dict[str, int]:
@@ -95,14 +105,27 @@ def moments(t: StepTerms, a: Activations) -> tuple:
         candidates.append((t.first_gradient, after_loss - a.head_released, head_in + copy))
     else:
         candidates.append((t.first_gradient, after_loss, a.grad_logits + head_in))
+    # checkpointing: a block's activations, recomputed in backward, are made then (transients, as the
+    # measurement counts them), on top of the kept block inputs
+    recomputed = a.block if t.checkpointing else 0
     if t.checkpointing:  # the last block recomputed while the head's input gradient flows in
-        candidates.append((0 if t.layerwise else t.first_gradient, after_loss + a.block, head_in))
+        candidates.append((0 if t.layerwise else t.first_gradient, after_loss, head_in + recomputed))
+    # 4-bit base weights (bitsandbytes' MatMul4Bit): each linear's backward dequantizes its whole weight
+    # for its input gradient; the last block's and the first block's largest ones are the candidates
+    deq = t.dequant_weight + t.dequant_width * a.token_bytes if t.dequant_weight else 0
+    # what the head's backward frees: its saved input; a frozen head saved none, but under autocast
+    # its matmul still saved the weight's bf16 copy (for the input gradient)
+    released = a.head_weight_copy if t.frozen_non_target else a.head_released
+    if not t.layerwise:
+        # the last block's backward peak (in its MLP): every activation alive but the head's (the block
+        # recomputed first under checkpointing), the head's gradient and the MLP output linear's made
+        # (the final norm's backward has freed its saved input, and a trainable weight's normalized value)
+        final_norm = a.block_input + (0 if t.frozen_non_target else a.frozen_norm_saving)
+        candidates.append((t.first_gradient + t.block_tail_gradient, after_loss - released - final_norm,
+                           head_in + recomputed + max(deq, a.block_backward)))
     if t.layerwise:
         # per-layer update: the head is stepped as soon as its gradient is complete; later
         # gradients are consumed one at a time while the activations shrink
-        # a frozen head saved no input, but under autocast its matmul still saved the weight's bf16
-        # copy (for the input gradient): its backward frees that
-        released = a.head_weight_copy if t.frozen_non_target else a.head_released
         if t.tied_gradient:
             # a tied embedding's gradient is complete only at the end of backward: the head's
             # contribution waits in the engine's buffer, the sum holds three V x h tensors, then the step
@@ -118,6 +141,13 @@ def moments(t: StepTerms, a: Activations) -> tuple:
                 candidates.append((t.largest_gradient, after_loss - released, head_in + t.step_temp))
     else:  # end of backward: every gradient; only the batch is left of the activations
         candidates.append((t.gradients, a.inputs, 0))
+        # the first block's backward: every gradient but its own and the embeddings' (made after it),
+        # its activations alive (recomputed under checkpointing, beside its kept input). Activations
+        # shrink and gradients grow block by block, so the first and the last block are the ends
+        first = a.block - (2 * a.frozen_norm_saving + a.first_norm_input if t.frozen_non_target else 0)
+        kept, made = (a.block_input, first) if t.checkpointing else (first, 0)
+        candidates.append((t.gradients - t.unmade_at_first_block, a.inputs + kept,
+                           head_in + made + max(deq, a.block_backward) + t.tied_gradient))
         if t.tied_gradient:
             # a tied embedding: the autograd engine holds the head's contribution in its input buffer
             # until the embedding's backward makes the second one (a dense V x h zeros + index_add),

@@ -146,7 +146,7 @@ def test_whole_model_step_matches_the_estimate(tiny, method, impl, weights):
     err, _ = compare(summarize_estimate(est), summarize_measured(measure_config(cfg)))
     for c in ("parameters", "gradients", "optimizer_states", "projectors"):
         assert err["categories"][c]["bytes"] == 0, c
-    print(method, err["peak"]); assert abs(err["peak"]["relative"]) <= 0.03  # tiny tensors: loop locals weigh more
+    assert abs(err["peak"]["relative"]) <= 0.01, err["peak"]  # a block's backward in its MLP: 0.06% here
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -186,3 +186,20 @@ def test_fira_step_over_several_tensors_equals_the_walk(dtype):
     for step, refresh in ((2, True), (3, False)):  # steady steps: the limiter's history exists
         assert abs(peaks[step] - rec.fira_walk(shapes, r, s, refresh)) <= 2 * s, (step, peaks, dtype)
     assert rec.fira_walk(shapes, r, s, True) > max(rec.fira_step_temp(t, r, s) for t in shapes)
+
+
+@pytest.mark.parametrize("checkpointing,batch,seq", [(False, 2, 64), (True, 1, 16), (False, 1, 16)])
+def test_qlora_whole_model_matches_the_estimate(checkpointing, batch, seq):
+    """QLoRA as users build it (transformers' LlamaForCausalLM, its target linears as bitsandbytes'
+    NF4 Linear4bit with double quantization, peft LoRA, PagedAdamW8bit) steps on the CPU: parameters
+    (codes and quantization state), gradients and states exact; the peak within 0.1% and in the same
+    phase. At 16 tokens the backward's dequantized weights set the peak."""
+    pytest.importorskip("peft")
+    from memplan.measure.validate import ValidateConfig, validate
+
+    v = validate(ValidateConfig(model="llama-60m", method="qlora", rank=16, precision="fp32", batch_size=batch,
+                                seq_len=seq, checkpointing=checkpointing, device="cpu"))
+    for c in ("parameters", "gradients", "optimizer_states", "projectors"):
+        assert v.error["categories"][c]["bytes"] == 0, c
+    assert abs(v.error["peak"]["relative"]) <= 0.001, v.error["peak"]
+    assert v.error["peak_phase_match"]

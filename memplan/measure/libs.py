@@ -27,7 +27,8 @@ import contextlib
 import torch
 
 LIBRARY_IMPLS = {"torch-foreach", "torch-fused", "torch-forloop", "torch", "transformers", "bitsandbytes",
-                 "galore-torch", "peft", "apollo-torch", "fira", "q-galore-torch-bf16"}  # last 3: libs_recent.py
+                 "galore-torch", "peft", "peft-bitsandbytes",
+                 "apollo-torch", "fira", "q-galore-torch-bf16"}  # last 3: libs_recent.py
 
 
 def uses_library(impl: str) -> bool:
@@ -107,6 +108,30 @@ def apply_peft_lora(model, rank: int, target_modules, train_non_target: bool = F
     return model
 
 
+def quantize_nf4(model, target_modules, compute_dtype) -> None:
+    """QLoRA's base: each target linear becomes bitsandbytes' `Linear4bit` (NF4, blocks of 64, double
+    quantization), as `from_pretrained(..., quantization_config=BitsAndBytesConfig(load_in_4bit=True,
+    bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True))` makes it; quantized on the weight's
+    device (bitsandbytes' CPU backend here). The full-precision weight is dropped."""
+    import bitsandbytes as bnb
+
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+             and any(n == t or n.endswith("." + t) for t in target_modules)]
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        lin = getattr(parent, child)
+        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                              compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4",
+                              device="meta")
+        q.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, quant_type="nf4",
+                                     compress_statistics=True, blocksize=64).to(lin.weight.device)
+        if lin.bias is not None:
+            q.bias = torch.nn.Parameter(lin.bias.data, requires_grad=False)
+        setattr(parent, child, q)
+        del lin
+
+
 def build_library_optimizer(model, impl: str, method: str, *, rank: int, update_gap: int, layerwise: bool,
                             target_modules=None, momentum: float | None = None, beta1="default"):
     """The real library's optimizer for `impl` (see the module doc), wrapped per layer if asked."""
@@ -130,6 +155,12 @@ def build_library_optimizer(model, impl: str, method: str, *, rank: int, update_
     elif impl == "bitsandbytes":
         import bitsandbytes as bnb
         cls, kw, params = bnb.optim.AdamW8bit, dict(lr=1e-3), _trainable(model)
+    elif impl == "peft-bitsandbytes":  # QLoRA's optimizer (on the CPU its pages are ordinary buffers)
+        import warnings
+
+        import bitsandbytes as bnb
+        warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
+        cls, kw, params = bnb.optim.PagedAdamW8bit, dict(lr=1e-4), _trainable(model)
     elif impl == "galore-torch":
         from galore_torch import GaLoreAdamW, GaLoreAdamW8bit
         cls = GaLoreAdamW if method == "galore" else GaLoreAdamW8bit

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memplan.measure.tracker import CATEGORIES, MemoryTracker, state_bytes, tensor_bytes
+from memplan.measure.tracker import CATEGORIES, MemoryTracker, quant_state_tensors, state_bytes, tensor_bytes
 
 __all__ = ["StepMeasurement", "measure_step", "default_loss"]
 
@@ -155,7 +155,7 @@ def measure_step(model: torch.nn.Module, optimizer, batch, loss_fn=None, *,
             after_step(tracker)
         phase(None)
     persistent = {
-        "parameters": tensor_bytes(params),
+        "parameters": tensor_bytes(params + [t for p in params for t in quant_state_tensors(p)]),
         "gradients": tracker.max_gradients,
         **(state_bytes(optimizer) if optimizer is not None else {"optimizer_states": 0, "projectors": 0}),
     }

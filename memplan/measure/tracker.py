@@ -171,6 +171,8 @@ class MemoryTracker(TorchDispatchMode):
     def watch_model(self, model: torch.nn.Module) -> None:
         for p in model.parameters():
             self.track(p, "parameters")
+            for t in quant_state_tensors(p):  # a quantized weight's scales are part of it
+                self.track(t, "parameters")
             if p.grad is not None:
                 self.track(p.grad, "gradients")
             if p.requires_grad:
@@ -243,6 +245,18 @@ class MemoryTracker(TorchDispatchMode):
 
 
 # -- optimizer state ---------------------------------------------------------------
+def quant_state_tensors(p) -> list:
+    """The tensors of a bitsandbytes 4-bit weight's quantization state (absmax, code tables, offset,
+    the nested absmax and code of double quantization): stored beside the packed codes, not in
+    the parameter. [] for any other tensor."""
+    qs = getattr(p, "quant_state", None)
+    out = []
+    while qs is not None:
+        out += [t for t in (qs.absmax, qs.code, getattr(qs, "offset", None)) if isinstance(t, torch.Tensor)]
+        qs = getattr(qs, "state2", None)
+    return out
+
+
 def _iter_optimizers(opt):
     """``opt`` and the per-parameter optimizers of a layer-wise wrapper."""
     seen, stack = set(), [opt]

@@ -61,6 +61,9 @@ class ValidateConfig:
         if self.implementation == "bundled":
             check_bundled(self)
         self.impl = runnable_impl(get_method_name(self.method), self.impl)
+        if self.impl == "peft-bitsandbytes" and self.device == "fake":
+            raise ValueError("QLoRA's NF4 quantization reads the weights' values: it has no fake-tensor run. "
+                             "Use --device cpu (a small model) or --device cuda.")
 
     @property
     def resolved_impl(self) -> str:
@@ -95,8 +98,6 @@ BUNDLED_AS = {"adamw": "torch-forloop", "sgd": "torch"}
 
 # implementations that run on weights validate's model builders do not make
 NOT_BUILT = {
-    "peft-bitsandbytes": "QLoRA trains on NF4 base weights (bitsandbytes' Linear4bit), which validate's model "
-                         "builders do not make",
     "q-galore-torch": "Q-GaLore's INT8 QLinear lives in the authors' repository, not in the package "
                       "(--impl q-galore-torch-bf16 runs its optimizer on bf16 weights)",
     "q-apollo": "QAPOLLOAdamW steps INT8 weights, which validate's model builders do not make "
@@ -199,8 +200,10 @@ def build(cfg: ValidateConfig):
     impl = cfg.resolved_impl
     from memplan.inventory import resolve_targets
     targets = resolve_targets(profile, cfg.target_modules)
-    if impl == "peft":
-        from memplan.measure.libs import apply_peft_lora
+    if impl in ("peft", "peft-bitsandbytes"):
+        from memplan.measure.libs import apply_peft_lora, quantize_nf4
+        if impl == "peft-bitsandbytes":  # QLoRA: NF4 base linears under the adapters
+            quantize_nf4(model, targets, compute_dtype=torch.bfloat16 if cfg.precision == "mixed" else dtype)
         model = apply_peft_lora(model, cfg.rank, targets, train_non_target=False, lora_dropout=cfg.lora_dropout)
     elif method.adapter:
         from memplan.models import apply_lora
