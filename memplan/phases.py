@@ -107,23 +107,28 @@ def moments(t: StepTerms, a: Activations) -> tuple:
         candidates.append((t.first_gradient, after_loss, a.grad_logits + head_in))
     # checkpointing: a block's activations, recomputed in backward, are made then (transients, as the
     # measurement counts them), on top of the kept block inputs
-    recomputed = a.block if t.checkpointing else 0
-    if t.checkpointing:  # the last block recomputed while the head's input gradient flows in
-        candidates.append((0 if t.layerwise else t.first_gradient, after_loss, head_in + recomputed))
-    # 4-bit base weights (bitsandbytes' MatMul4Bit): each linear's backward dequantizes its whole weight
-    # for its input gradient; the last block's and the first block's largest ones are the candidates
-    deq = t.dequant_weight + t.dequant_width * a.token_bytes if t.dequant_weight else 0
+    ckpt, layerwise, frozen = t.checkpointing, t.layerwise, t.frozen_non_target
+    recomputed = a.block if ckpt else 0
+    if ckpt:  # the last block recomputed while the head's input gradient flows in
+        candidates.append((0 if layerwise else t.first_gradient, after_loss, head_in + recomputed))
     # what the head's backward frees: its saved input; a frozen head saved none, but under autocast
     # its matmul still saved the weight's bf16 copy (for the input gradient)
-    released = a.head_weight_copy if t.frozen_non_target else a.head_released
-    if not t.layerwise:
-        # the last block's backward peak (in its MLP): every activation alive but the head's (the block
-        # recomputed first under checkpointing), the head's gradient and the MLP output linear's made
-        # (the final norm's backward has freed its saved input, and a trainable weight's normalized value)
-        final_norm = a.block_input + (0 if t.frozen_non_target else a.frozen_norm_saving)
+    released = a.head_weight_copy if frozen else a.head_released
+    if not layerwise:
+        # a block's backward peak, in its MLP; with 4-bit base weights (bitsandbytes' MatMul4Bit) each
+        # linear's backward dequantizes its whole weight for its input gradient, the larger of the two
+        inside = a.block_backward
+        if t.dequant_weight:
+            deq = t.dequant_weight + t.dequant_width * a.token_bytes
+            if deq > inside:
+                inside = deq
+        # the last block's: every activation alive but the head's (the block recomputed first under
+        # checkpointing), the head's gradient and the MLP output linear's made (the final norm's backward
+        # has freed its saved input, and a trainable weight's normalized value)
+        final_norm = a.block_input if frozen else a.block_input + a.frozen_norm_saving
         candidates.append((t.first_gradient + t.block_tail_gradient, after_loss - released - final_norm,
-                           head_in + recomputed + max(deq, a.block_backward)))
-    if t.layerwise:
+                           head_in + recomputed + inside))
+    if layerwise:
         # per-layer update: the head is stepped as soon as its gradient is complete; later
         # gradients are consumed one at a time while the activations shrink
         if t.tied_gradient:
@@ -144,10 +149,10 @@ def moments(t: StepTerms, a: Activations) -> tuple:
         # the first block's backward: every gradient but its own and the embeddings' (made after it),
         # its activations alive (recomputed under checkpointing, beside its kept input). Activations
         # shrink and gradients grow block by block, so the first and the last block are the ends
-        first = a.block - (2 * a.frozen_norm_saving + a.first_norm_input if t.frozen_non_target else 0)
-        kept, made = (a.block_input, first) if t.checkpointing else (first, 0)
+        first = a.block - 2 * a.frozen_norm_saving - a.first_norm_input if frozen else a.block
+        kept, made = (a.block_input, first) if ckpt else (first, 0)
         candidates.append((t.gradients - t.unmade_at_first_block, a.inputs + kept,
-                           head_in + made + max(deq, a.block_backward) + t.tied_gradient))
+                           head_in + made + inside + t.tied_gradient))
         if t.tied_gradient:
             # a tied embedding: the autograd engine holds the head's contribution in its input buffer
             # until the embedding's backward makes the second one (a dense V x h zeros + index_add),
