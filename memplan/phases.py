@@ -151,7 +151,8 @@ def moments(t: StepTerms, a: Activations) -> tuple:
         # shrink and gradients grow block by block, so the first and the last block are the ends
         first = a.block - 2 * a.frozen_norm_saving - a.first_norm_input if frozen else a.block
         kept, made = (a.block_input, first) if ckpt else (first, 0)
-        candidates.append((t.gradients - t.unmade_at_first_block, a.inputs + kept,
+        # (a recomposition that sets the gradients aside, memplan/parallel.py, leaves none made)
+        candidates.append((max(t.gradients - t.unmade_at_first_block, 0), a.inputs + kept,
                            head_in + made + inside + t.tied_gradient))
         if t.tied_gradient:
             # a tied embedding: the autograd engine holds the head's contribution in its input buffer
