@@ -1,7 +1,7 @@
 """Monotonicity: memory grows with batch, sequence length and rank; the per-layer
 update and checkpointing never use more.
 
-Three physical exceptions, all deliberate:
+Four physical exceptions, all deliberate:
 - the peak stops growing with batch / sequence once the optimizer step (which
   holds no activations) sets it: activations still grow strictly;
 - 8-bit state is not monotone in the rank where r x K crosses bitsandbytes'
@@ -10,7 +10,10 @@ Three physical exceptions, all deliberate:
 - the per-layer update runs each optimizer step during backward, while the
   activations of the blocks below are still alive: its peak can exceed the plain
   step's by that step's transients (or a projection refresh's, which runs there too),
-  never by more, and it never holds more gradients.
+  never by more, and it never holds more gradients;
+- checkpointing keeps the first block's input for its recomputation, which nothing
+  keeps without it when the embeddings are frozen (QLoRA): where the first block's
+  backward sets the peak (a sequence of one or two tokens), it uses that much more.
 """
 from hypothesis import given, settings, strategies as st
 
@@ -67,4 +70,5 @@ def test_layerwise_and_checkpointing_never_use_more(model, method, precision, ba
     transients = max(lw.phases["backward"]["temporaries"], lw.phases["refresh_step"]["temporaries"])
     assert lw.peak_bytes <= plain.peak_bytes + transients
     plain = est(model, method, precision, batch, seq, layerwise, False)
-    assert est(model, method, precision, batch, seq, layerwise, True).peak_bytes <= plain.peak_bytes
+    ckpt = est(model, method, precision, batch, seq, layerwise, True)
+    assert ckpt.peak_bytes <= plain.peak_bytes + ckpt.acts.block_input
