@@ -627,10 +627,11 @@ def _step_terms(model: ModelProfile, targets, method_name: str, impl_name_: str,
     before, block, _after = block_order(model, targets)
     last = max((i for i, spec in enumerate(block) if len(spec.shape) >= 2), default=len(block))
     adapter_b = impl.adapter_bytes or prec.grad
-    unmade = sum(t.numel * (adapter_b if adapter else prec.grad)
-                 for t, adapter in _entries(before + block[:last], method, r, train_other))
-    tail = sum(t.numel * (adapter_b if adapter else prec.grad) for t, adapter in _entries(block[last:], method, r,
-                                                                                         train_other))
+
+    def grad_bytes(specs) -> int:
+        return sum(t.numel * (adapter_b if adapter else prec.grad) for t, adapter in _entries(specs, method, r,
+                                                                                             train_other))
+    unmade, tail = grad_bytes(before + block[:last]), grad_bytes(block[last:])
     if impl.refresh_temp is not None:  # one projected (or, for ReLoRA, adapted) weight at a time
         refresh_temp = max(impl.refresh_temp(shape, r, prec.grad, kn) for shape, _, _ in _groups(model, targets)
                            if shape.projected)
@@ -661,8 +662,9 @@ def _static_part(c: TrainingConfig) -> tuple:
     train_other = method.train_non_target if c.train_non_target is None else c.train_non_target
     r = c.rank if method.uses_rank else 0
     (params, grads, states, projs, host, pinned, n_params, n_trainable, largest_grad, first_grad, first_step_temp,
-     step_temp, tied_grad, refresh_temp, dequant, unmade, tail) = _step_terms(c.model, targets, method.name, impl.name, kn, weight_format(c),
-                                                       c.precision, r, train_other, c.layerwise, c.offload)
+     step_temp, tied_grad, refresh_temp, dequant, unmade, tail) = _step_terms(
+        c.model, targets, method.name, impl.name, kn, weight_format(c), c.precision, r, train_other, c.layerwise,
+        c.offload)
     adapted = _adapted_inputs(c.model, targets) if method.adapter else ()
     # offloaded gradients leave the device one at a time, as with the per-layer update
     per_tensor_grads = c.layerwise or c.offload == "optimizer+gradients"

@@ -129,7 +129,6 @@ def quantize_nf4(model, target_modules, compute_dtype) -> None:
         if lin.bias is not None:
             q.bias = torch.nn.Parameter(lin.bias.data, requires_grad=False)
         setattr(parent, child, q)
-        del lin
 
 
 def build_library_optimizer(model, impl: str, method: str, *, rank: int, update_gap: int, layerwise: bool,
