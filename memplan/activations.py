@@ -21,7 +21,7 @@ from memplan.profiles import ModelProfile
 from memplan.records import cached_hash
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Activations:
     """Activation terms of one micro-batch, in bytes (checked against memplan/measure/)."""
 

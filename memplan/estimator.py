@@ -23,7 +23,7 @@ from memplan.activations import Activations, Knobs, activations
 from memplan.errors import MemplanError
 from memplan.inventory import block_order, resolve_targets, shape_groups
 from memplan.methods import METHODS, Method, Shape, get_method
-from memplan.phases import StepTerms, moments, phases_of
+from memplan.phases import StepTerms, moments_and_peak, phases_of
 from memplan.profiles import GPUProfile, ModelProfile, load_gpu, load_model
 from memplan.quant import QMAP_BYTES, quantized, weight_bytes
 from memplan.reserve import DEFAULT_CONTEXT_BYTES, context_bytes, fragmentation, outside_tensors
@@ -108,6 +108,8 @@ _KEY_FIELDS = itemgetter(*_KEYED)
 _TYPED_FIELDS = itemgetter("rank", "update_gap", "layerwise", "checkpointing", "train_non_target", "momentum",
                            "beta1", "loss_chunk", "attn_dropout", "hidden_dropout", "lora_dropout")
 _UNCHECKED = object()
+_BATCH_MAX, _SEQ_MAX = limits.BATCH.high, limits.SEQ.high
+assert limits.BATCH.low == limits.SEQ.low == 1
 
 
 def check_config(c: TrainingConfig) -> None:
@@ -130,8 +132,10 @@ def check_config(c: TrainingConfig) -> None:
                 _STATIC.clear()
             _STATIC[key] = None
     else:
-        _positive("Batch size", c.batch_size, "--batch-size", limits.BATCH)
-        _positive("Sequence length", c.seq_len, "--seq-len", limits.SEQ)
+        b, s = d["batch_size"], d["seq_len"]
+        if not (type(b) is int and 0 < b <= _BATCH_MAX and type(s) is int and 0 < s <= _SEQ_MAX):  # (checked fast)
+            _positive("Batch size", b, "--batch-size", limits.BATCH)
+            _positive("Sequence length", s, "--seq-len", limits.SEQ)
         if c.model.sliding_window:
             _check_window(c)
     d["_fields_key"], d["_static"] = key, static
@@ -720,15 +724,13 @@ def estimate_config(c: TrainingConfig, gpu: GPUProfile | None = None) -> Estimat
         head = c.model.vocab_size * c.model.hidden_size * prec.param if (train_other or not method.adapter) else 0
         acts = fused_chunked(acts, c.batch_size * c.seq_len, c.model.hidden_size, c.model.vocab_size, prec.compute,
                              head, c.loss_chunk, frozen_outside=bool(method.adapter) and not train_other)
-    m = moments(terms, acts)
+    m, i, top = moments_and_peak(terms, acts)
     grads = max(m[1][0], m[2][0], m[3][0])  # (the forward holds none)
     if terms.layerwise:
         grads = max(grads, terms.largest_gradient)
     overhead = outside_tensors(gpu) + fragmentation(grads, m[0][1], acts.block if c.checkpointing else 0,
                                                     terms.gradients if c.layerwise else 0)
-    totals = list(map(sum, m))
-    top = max(totals)
-    peak = PHASES[totals.index(top)], top + terms.parameters + terms.optimizer_states + terms.projectors
+    peak = PHASES[i], top + terms.parameters + terms.optimizer_states + terms.projectors
     return records.new(Estimate, {"config": c, "_moments": m, "overhead": overhead, "parameter_count": n_params,
                                   "trainable_count": n_trainable, "gpu": gpu, "sharded_step_temp": sharded,
                                   "host_bytes": host, "host_pinned_bytes": pinned, "terms": terms, "acts": acts,

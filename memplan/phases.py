@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from memplan.activations import Activations
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepTerms:
     """What a step holds and allocates apart from the activations, in bytes."""
 
@@ -87,92 +87,151 @@ def moments(t: StepTerms, a: Activations) -> tuple:
     """The four phases' moments, each as (gradients, activations, temporaries): the other categories
     are the same at every moment, so the largest of these sums is the largest moment (the first of
     equal ones)."""
-    saved = a.saved(t.checkpointing, t.frozen_non_target)
-    loss_saved = a.loss_saved
-    after_loss = saved - loss_saved  # the loss's backward released the log-softmax output
-    forward = (0, saved, a.loss_fwd_transient)  # while the loss runs
+    return moments_and_peak(t, a)[0]
 
-    # the loss's backward: nll's gradient and log_softmax's input gradient (fp32, t x V each)
-    candidates = [(0, saved, 2 * loss_saved)]
-    if a.grad_logits != loss_saved:  # bf16 / mixed: the fp32 gradient cast to the compute dtype
-        candidates.append((0, after_loss, loss_saved + a.grad_logits))
-    # the head's backward: the logits' gradient, the head's weight gradient and input gradient
-    head_in = a.head_input_grad
-    copy = a.head_weight_copy if t.first_gradient else 0
-    if copy:  # mixed: the matmul's weight gradient is bf16; its cast to the fp32 gradient follows, by
-        # when the matmul has freed what it saved (its input and the weight's bf16 copy)
-        candidates.append((0, after_loss, a.grad_logits + head_in + copy))
-        candidates.append((t.first_gradient, after_loss - a.head_released, head_in + copy))
+
+def moments_and_peak(t: StepTerms, a: Activations) -> tuple:
+    """(the four moments, the peak phase's index in PHASES, its moment's sum): moments() and the
+    largest of the four (the first of equal ones), found as they are made."""
+    saved = a.saved(t.checkpointing, t.frozen_non_target)
+    forward = (0, saved, a.loss_fwd_transient)  # while the loss runs
+    backward, b_sum = _backward(t, a, saved)
+    inputs = a.inputs
+    if t.layerwise:
+        step, s_sum = (0, inputs, 0), inputs
     else:
-        candidates.append((t.first_gradient, after_loss, a.grad_logits + head_in))
-    # checkpointing: a block's activations, recomputed in backward, are made then (transients, as the
-    # measurement counts them), on top of the kept block inputs
-    ckpt, layerwise, frozen = t.checkpointing, t.layerwise, t.frozen_non_target
-    recomputed = a.block if ckpt else 0
-    if ckpt:  # the last block recomputed while the head's input gradient flows in
-        candidates.append((0 if layerwise else t.first_gradient, after_loss, head_in + recomputed))
-    # what the head's backward frees: its saved input; a frozen head saved none, but under autocast
-    # its matmul still saved the weight's bf16 copy (for the input gradient)
-    released = a.head_weight_copy if frozen else a.head_released
-    if not layerwise:
-        # a block's backward peak, in its MLP; with 4-bit base weights (bitsandbytes' MatMul4Bit) each
-        # linear's backward dequantizes its whole weight for its input gradient, the larger of the two
-        inside = a.block_backward
-        if t.dequant_weight:
-            deq = t.dequant_weight + t.dequant_width * a.token_bytes
-            if deq > inside:
-                inside = deq
-        # the last block's: every activation alive but the head's (the block recomputed first under
-        # checkpointing), the head's gradient and the MLP output linear's made (the final norm's backward
-        # has freed its saved input, and a trainable weight's normalized value)
-        final_norm = a.block_input if frozen else a.block_input + a.frozen_norm_saving
-        candidates.append((t.first_gradient + t.block_tail_gradient, after_loss - released - final_norm,
-                           head_in + recomputed + inside))
-    if layerwise:
-        # per-layer update: the head is stepped as soon as its gradient is complete; later
-        # gradients are consumed one at a time while the activations shrink
-        if t.tied_gradient:
-            # a tied embedding's gradient is complete only at the end of backward: the head's
-            # contribution waits in the engine's buffer, the sum holds three V x h tensors, then the step
-            candidates.append((0, a.inputs, 3 * t.tied_gradient))
-            candidates.append((t.tied_gradient, a.inputs, t.step_temp))
-            candidates.append((0, after_loss, a.grad_logits + head_in + t.tied_gradient))  # its first part
-        else:
-            if t.first_gradient:  # by then the head's backward has freed what it saved
-                candidates.append((t.first_gradient, after_loss - released, head_in + t.first_step_temp))
-            if t.largest_gradient > t.first_gradient:
-                # a block weight larger than the head (a mixture of experts' 3-D weight): made and
-                # stepped in the last block's backward, while nearly all activations are still alive
-                candidates.append((t.largest_gradient, after_loss - released, head_in + t.step_temp))
-    else:  # end of backward: every gradient; only the batch is left of the activations
-        candidates.append((t.gradients, a.inputs, 0))
-        # the first block's backward: every gradient but its own and the embeddings' (made after it),
-        # its activations alive (recomputed under checkpointing, beside its kept input). Activations
-        # shrink and gradients grow block by block, so the first and the last block are the ends
-        first = a.block - 2 * a.frozen_norm_saving - a.first_norm_input if frozen else a.block
-        kept, made = (a.block_input, first) if ckpt else (first, 0)
-        # (a recomposition that sets the gradients aside, memplan/parallel.py, leaves none made)
-        candidates.append((max(t.gradients - t.unmade_at_first_block, 0), a.inputs + kept,
-                           head_in + made + inside + t.tied_gradient))
-        if t.tied_gradient:
-            # a tied embedding: the autograd engine holds the head's contribution in its input buffer
-            # until the embedding's backward makes the second one (a dense V x h zeros + index_add),
-            # then adds them out of place: three V x h tensors alive at once (measured, torch 2.13)
-            candidates.append((t.gradients - t.tied_gradient, a.inputs, 3 * t.tied_gradient))
-    backward = max(candidates, key=sum)
-    step = (0, a.inputs, 0) if t.layerwise else (t.gradients, a.inputs, t.step_temp)
+        step = (t.gradients, inputs, t.step_temp)
+        s_sum = t.gradients + inputs + t.step_temp
     r = t.refresh_temp
     if r is None:
-        refresh = backward if t.layerwise else step
+        refresh, r_sum = (backward, b_sum) if t.layerwise else (step, s_sum)
     elif t.layerwise:
         # the refresh runs inside backward, at any of its moments: the largest of them with the
         # refresh transients on top (a max over moments, so it grows with batch and sequence)
-        refresh, top = None, -1
-        for g, act, tmp in candidates:
-            if tmp < r:
-                tmp = r
-            if g + act + tmp > top:  # the first of equal ones
-                refresh, top = (g, act, tmp), g + act + tmp
+        refresh, r_sum = _backward(t, a, saved, r)
     else:
         refresh = (step[0], step[1], max(step[2], r))
-    return forward, backward, step, refresh
+        r_sum = sum(refresh)
+    peak, top = 0, saved + forward[2]
+    if b_sum > top:
+        peak, top = 1, b_sum
+    if s_sum > top:
+        peak, top = 2, s_sum
+    if r_sum > top:
+        peak, top = 3, r_sum
+    return (forward, backward, step, refresh), peak, top
+
+
+def _backward(t: StepTerms, a: Activations, saved: int, floor: int = 0) -> tuple:
+    """The backward phase's moment and its sum: the largest of its candidate moments, each with at least `floor`
+    temporary bytes (a refresh inside backward, per-layer update). The estimator's hot path (issue 14):
+    each candidate is compared as it is made, no list of them."""
+    loss_saved, grad_logits, head_in, first_grad = a.loss_saved, a.grad_logits, a.head_input_grad, t.first_gradient
+    ckpt, layerwise, frozen = t.checkpointing, t.layerwise, t.frozen_non_target
+    after_loss = saved - loss_saved  # the loss's backward released the log-softmax output
+
+    # the loss's backward: nll's gradient and log_softmax's input gradient (fp32, t x V each)
+    g, x, y = 0, saved, 2 * loss_saved
+    if y < floor:
+        y = floor
+    best, top = (g, x, y), g + x + y
+    if grad_logits != loss_saved:  # bf16 / mixed: the fp32 gradient cast to the compute dtype
+        g, x, y = 0, after_loss, loss_saved + grad_logits
+        if y < floor:
+            y = floor
+        if g + x + y > top:
+            best, top = (g, x, y), g + x + y
+    # the head's backward: the logits' gradient, the head's weight gradient and input gradient
+    copy = a.head_weight_copy if first_grad else 0
+    if copy:  # mixed: the matmul's weight gradient is bf16; its cast to the fp32 gradient follows, by
+        # when the matmul has freed what it saved (its input and the weight's bf16 copy)
+        g, x, y = 0, after_loss, grad_logits + head_in + copy
+        if y < floor:
+            y = floor
+        if g + x + y > top:
+            best, top = (g, x, y), g + x + y
+        g, x, y = first_grad, after_loss - a.head_released, head_in + copy
+        if y < floor:
+            y = floor
+    else:
+        g, x, y = first_grad, after_loss, grad_logits + head_in
+        if y < floor:
+            y = floor
+    if g + x + y > top:
+        best, top = (g, x, y), g + x + y
+    # checkpointing: a block's activations, recomputed in backward, are made then (transients, as the
+    # measurement counts them), on top of the kept block inputs
+    recomputed = a.block if ckpt else 0
+    if ckpt:  # the last block recomputed while the head's input gradient flows in
+        g, x, y = 0 if layerwise else first_grad, after_loss, head_in + recomputed
+        if y < floor:
+            y = floor
+        if g + x + y > top:
+            best, top = (g, x, y), g + x + y
+    # what the head's backward frees: its saved input; a frozen head saved none, but under autocast
+    # its matmul still saved the weight's bf16 copy (for the input gradient)
+    released = a.head_weight_copy if frozen else a.head_released
+    tied = t.tied_gradient
+    if layerwise:
+        # per-layer update: the head is stepped as soon as its gradient is complete; later
+        # gradients are consumed one at a time while the activations shrink
+        if tied:
+            # a tied embedding's gradient is complete only at the end of backward: the head's
+            # contribution waits in the engine's buffer, the sum holds three V x h tensors, then the step
+            for g, x, y in ((0, a.inputs, 3 * tied), (tied, a.inputs, t.step_temp),
+                            (0, after_loss, grad_logits + head_in + tied)):  # (the last: its first part)
+                if y < floor:
+                    y = floor
+                if g + x + y > top:
+                    best, top = (g, x, y), g + x + y
+            return best, top
+        if first_grad:  # by then the head's backward has freed what it saved
+            g, x, y = first_grad, after_loss - released, head_in + t.first_step_temp
+            if y < floor:
+                y = floor
+            if g + x + y > top:
+                best, top = (g, x, y), g + x + y
+        if t.largest_gradient > first_grad:
+            # a block weight larger than the head (a mixture of experts' 3-D weight): made and
+            # stepped in the last block's backward, while nearly all activations are still alive
+            g, x, y = t.largest_gradient, after_loss - released, head_in + t.step_temp
+            if y < floor:
+                y = floor
+            if g + x + y > top:
+                best, top = (g, x, y), g + x + y
+        return best, top
+    # a block's backward peak, in its MLP; with 4-bit base weights (bitsandbytes' MatMul4Bit) each
+    # linear's backward dequantizes its whole weight for its input gradient, the larger of the two
+    inside = a.block_backward
+    if t.dequant_weight:
+        deq = t.dequant_weight + t.dequant_width * a.token_bytes
+        if deq > inside:
+            inside = deq
+    # the last block's: every activation alive but the head's (the block recomputed first under
+    # checkpointing), the head's gradient and the MLP output linear's made (the final norm's backward
+    # has freed its saved input, and a trainable weight's normalized value)
+    final_norm = a.block_input if frozen else a.block_input + a.frozen_norm_saving
+    g, x, y = first_grad + t.block_tail_gradient, after_loss - released - final_norm, head_in + recomputed + inside
+    if g + x + y > top:
+        best, top = (g, x, y), g + x + y
+    # end of backward: every gradient; only the batch is left of the activations
+    gradients, inputs = t.gradients, a.inputs
+    if gradients + inputs > top:
+        best, top = (gradients, inputs, 0), gradients + inputs
+    # the first block's backward: every gradient but its own and the embeddings' (made after it),
+    # its activations alive (recomputed under checkpointing, beside its kept input). Activations
+    # shrink and gradients grow block by block, so the first and the last block are the ends
+    first = a.block - 2 * a.frozen_norm_saving - a.first_norm_input if frozen else a.block
+    kept, made = (a.block_input, first) if ckpt else (first, 0)
+    # (a recomposition that sets the gradients aside, memplan/parallel.py, leaves none made)
+    g, x, y = max(gradients - t.unmade_at_first_block, 0), inputs + kept, head_in + made + inside + tied
+    if g + x + y > top:
+        best, top = (g, x, y), g + x + y
+    if tied:
+        # a tied embedding: the autograd engine holds the head's contribution in its input buffer
+        # until the embedding's backward makes the second one (a dense V x h zeros + index_add),
+        # then adds them out of place: three V x h tensors alive at once (measured, torch 2.13)
+        g, x, y = gradients - tied, inputs, 3 * tied
+        if g + x + y > top:
+            best, top = (g, x, y), g + x + y
+    return best, top

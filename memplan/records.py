@@ -49,13 +49,19 @@ _DEFAULTS: dict[type, dict] = {}
 def new(cls, values: dict, defaults: bool = True):
     """An instance of the frozen dataclass ``cls`` with ``values`` (field names, checked by the
     caller, and values for the instance's own caches) over the fields' defaults (plain defaults: no
-    default factories); ``defaults=False``: ``values`` has every field."""
-    obj = object.__new__(cls)
+    default factories); ``defaults=False``: ``values`` has every field, and becomes the instance's
+    dict (the caller hands it over: one dict made, not two)."""
+    obj = _object_new(cls)
     if defaults:
         fill = _DEFAULTS.get(cls)
         if fill is None:
             fill = _DEFAULTS[cls] = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
             assert all(f.default_factory is MISSING for f in fields(cls)), cls
-        obj.__dict__.update(fill)
-    obj.__dict__.update(values)
+        d = fill.copy()
+        d.update(values)
+        values = d
+    _object_setattr(obj, "__dict__", values)
     return obj
+
+
+_object_new, _object_setattr = object.__new__, object.__setattr__
