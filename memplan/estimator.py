@@ -120,7 +120,7 @@ def check_config(c: TrainingConfig) -> None:
     _STATIC holds under it (``_static``), for estimate_config."""
     d = c.__dict__
     try:
-        key = (_KEY_FIELDS(d), tuple(map(type, _TYPED_FIELDS(d))))
+        key = _KEY_FIELDS(d) + tuple(map(type, _TYPED_FIELDS(d)))  # (one flat tuple: hashed in one pass)
         static = _STATIC.get(key, _UNCHECKED)
     except TypeError:  # an unhashable field: checked in full
         key, static = None, _UNCHECKED
