@@ -95,9 +95,8 @@ def library_rate(configs: list[tuple], seconds: float) -> tuple[float, int]:
 
 
 def planner_rate(configs: list[tuple], seconds: float) -> tuple[float, int]:
-    """The planner's path: estimate_config on a configuration with another batch size (a bisection)."""
-    from dataclasses import replace
-
+    """The planner's path: estimate_config on a configuration with another batch size (a bisection,
+    memplan/planner.py: make_config(config, batch_size=n))."""
     from memplan.estimator import estimate_config, make_config
 
     gpu = memplan.load_gpu("rtx-4090")
@@ -106,7 +105,7 @@ def planner_rate(configs: list[tuple], seconds: float) -> tuple[float, int]:
     t0 = time.perf_counter()
     for batch in itertools.count(9):
         for c in bases:
-            total = estimate_config(replace(c, batch_size=batch), gpu).device_total_bytes
+            total = estimate_config(make_config(c, batch_size=batch), gpu).device_total_bytes
         n += len(bases)
         if time.perf_counter() - t0 > seconds:
             break

@@ -219,7 +219,7 @@ def _discrete(run: Run) -> list[tuple[Change, Run]]:
 
     def add(change: Change, **fields) -> None:
         try:
-            out.append((change, replace(run, config=replace(c, **fields))))
+            out.append((change, replace(run, config=make_config(c, **fields))))
         except MemplanError:
             pass
 
@@ -232,7 +232,7 @@ def _discrete(run: Run) -> list[tuple[Change, Run]]:
         add(Change(key, "--loss fused-chunked", tier, cost, src), loss="fused-chunked")
     if c.offload == "none" and c.method in offload.OFFLOADABLE and not c.layerwise and run.num_gpus == 1:
         for mode, (key, tier, cost, src) in (("optimizer", OFFLOAD), ("optimizer+gradients", OFFLOAD_GRADS)):
-            host = estimate_config(replace(c, offload=mode)).host_bytes
+            host = estimate_config(make_config(c, offload=mode)).host_bytes
             add(Change(key, f"--offload {mode} (host {host / GiB:.1f} GiB)", tier, cost, src), offload=mode)
     for fmt in METHODS[c.method].weights:
         if fmt in WEIGHTS and fmt != weight_format(c):
@@ -258,9 +258,9 @@ def _sized(run: Run, s: Search) -> list[tuple[Change, Run]]:
         current = getattr(c, field)
         if current <= 1:
             return
-        n = largest(lambda v: s.ok(replace(run, config=replace(c, **{field: v}))), current - 1) or 1
+        n = largest(lambda v: s.ok(replace(run, config=make_config(c, **{field: v}))), current - 1) or 1
         key, tier, cost, src = spec
-        out.append((Change(key, f"{flag} {n}", tier, cost, src), replace(run, config=replace(c, **{field: n}))))
+        out.append((Change(key, f"{flag} {n}", tier, cost, src), replace(run, config=make_config(c, **{field: n}))))
 
     shrink("batch_size", "--batch-size", BATCH_LAYERWISE if c.layerwise else BATCH)
     shrink("seq_len", "--seq-len", SEQ)

@@ -25,7 +25,7 @@ without a rank.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from collections.abc import Callable, Iterable
 
 from memplan import limits
@@ -92,7 +92,7 @@ def _search(field: str, limit: int, model, gpu, method, gpu_file, layout, num_gp
     layout = check_layout(layout, num_gpus, config.layerwise, config.method, config.precision)
     if field == "seq_len" and config.model.sliding_window:  # longer sequences are not modelled (estimator)
         limit = min(limit, config.model.sliding_window)
-    return largest(lambda n: fits(replace(config, **{field: n}), g, layout, num_gpus, min_headroom), limit)
+    return largest(lambda n: fits(make_config(config, **{field: n}), g, layout, num_gpus, min_headroom), limit)
 
 
 def max_batch_size(model, gpu, method: str | None = None, *, gpu_file=None, layout: str = "single",
@@ -234,7 +234,7 @@ def compare(model, methods=None, *, gpu=None, gpu_file=None, **options) -> list[
     adamw_peak = estimate_config(base).peak_bytes
     rows = []
     for name in names:
-        est = estimate_config(replace(base, method=name, train_non_target=tnt if METHODS[name].adapter else None), g)
+        est = estimate_config(make_config(base, method=name, train_non_target=tnt if METHODS[name].adapter else None), g)
         saved = adamw_peak - est.peak_bytes
         rows.append(CompareRow(name, est, saved, saved / adamw_peak))
     return sorted(rows, key=lambda r: (r.estimate.peak_bytes, r.method))
@@ -264,7 +264,7 @@ def sweep(model, method: str = "galore", *, ranks=None, batch_sizes=None, seq_le
     for r in axes["rank"]:
         for b in axes["batch_size"]:
             for s in axes["seq_len"]:
-                est = estimate_config(replace(base, rank=r, batch_size=b, seq_len=s), g)
+                est = estimate_config(make_config(base, rank=r, batch_size=b, seq_len=s), g)
                 row = {"model": base.model.name, "method": base.method, "precision": base.precision,
                        "layerwise": base.layerwise, "checkpointing": base.checkpointing,
                        "rank": r if METHODS[base.method].uses_rank else None, "batch_size": b, "seq_len": s,

@@ -285,3 +285,29 @@ def test_configs_and_profiles_pickle_without_their_caches():
     assert "_hash" not in copy.model.__dict__
     assert copy == c and hash(copy.model) == hash(c.model)
     assert estimate(copy).to_dict() == est.to_dict()
+
+
+def test_a_changed_config_is_what_replace_makes_checked_the_same():
+    """make_config(config, **changes), the planner's and the sweeps' path, builds the new config in
+    one dict: equal to dataclasses.replace's, refused for the same values, and never carrying the
+    original's table key (an unpickled config has none)."""
+    import pickle
+    from dataclasses import replace
+
+    from memplan.estimator import make_config
+
+    c = make_config("llama-7b", "galore", rank=64, batch_size=2)
+    for changes in ({"batch_size": 8}, {"seq_len": 512, "rank": 32}, {"method": "adamw"}, {"checkpointing": True}):
+        new = make_config(c, **changes)
+        assert new == replace(c, **changes)
+        assert new.__dict__["_fields_key"] == replace(c, **changes).__dict__["_fields_key"]
+        assert estimate(new).to_dict() == estimate(replace(c, **changes)).to_dict()
+    assert make_config(c) is c
+    assert make_config(c, "galore8bit").method == "galore8bit"
+    for bad, match in (({"batch_size": 0}, "Batch size must be a positive integer"),
+                       ({"rank": True}, "rank"), ({"precision": "fp64"}, "precision"),
+                       ({"batch": 4}, r"Unknown option\(s\) batch\. Allowed:")):
+        with pytest.raises(memplan.MemplanError, match=match):
+            make_config(c, **bad)
+    copy = pickle.loads(pickle.dumps(c))
+    assert make_config(copy, batch_size=8) == make_config(c, batch_size=8)
