@@ -1,16 +1,16 @@
 """Compare page: every method for the same model and run, side by side, saving against AdamW."""
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from memplan import CATEGORIES, METHODS
 from memplan.app import charts, data, state
+from memplan.app.table import arrow_table, csv_text
 from memplan.estimator import capacity_bytes
 from memplan.units import GiB
 
 
-def table(rows: list[dict]) -> pd.DataFrame:
+def table(rows: list[dict]) -> list[dict]:
     """One row per method, in GiB for reading (bytes in the CSV)."""
     out = []
     for r in rows:
@@ -24,15 +24,15 @@ def table(rows: list[dict]) -> pd.DataFrame:
         row.update({f"{charts.CATEGORY_LABELS[c].split(' (')[0]} (GiB)": r["breakdown"].get(c, 0) / GiB
                     for c in CATEGORIES})
         out.append(row)
-    return pd.DataFrame(out)
+    return out
 
 
-def csv_table(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{"method": r["method"], "fits": r["fits"], "peak_allocated_bytes": r["peak_bytes"],
-                          "device_total_bytes": r["device_total_bytes"],
-                          "peak_phase": r["peak_phase"], "headroom_bytes": r["headroom_bytes"],
-                          "saved_vs_adamw_bytes": r["saved_vs_adamw_bytes"],
-                          **{f"{c}_bytes": r["breakdown"].get(c, 0) for c in CATEGORIES}} for r in rows])
+def csv_table(rows: list[dict]) -> list[dict]:
+    return [{"method": r["method"], "fits": r["fits"], "peak_allocated_bytes": r["peak_bytes"],
+             "device_total_bytes": r["device_total_bytes"],
+             "peak_phase": r["peak_phase"], "headroom_bytes": r["headroom_bytes"],
+             "saved_vs_adamw_bytes": r["saved_vs_adamw_bytes"],
+             **{f"{c}_bytes": r["breakdown"].get(c, 0) for c in CATEGORIES}} for r in rows]
 
 
 def render() -> None:
@@ -63,11 +63,11 @@ def render() -> None:
     short = g.name.replace("NVIDIA ", "").replace("GeForce ", "")
     st.plotly_chart(charts.method_bars(rows, capacity_bytes(g),
                                        f"{short} capacity", run.method), width="stretch")
-    df = table(rows)
-    st.dataframe(df, hide_index=True, width="stretch", height=35 * (len(df) + 1) + 3,
-                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.columns
+    df = arrow_table(table(rows))
+    st.dataframe(df, hide_index=True, width="stretch", height=35 * (df.num_rows + 1) + 3,
+                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.column_names
                                 if "(GiB)" in c or "(%)" in c})
-    st.download_button("Download the numbers (CSV, bytes)", csv_table(rows).to_csv(index=False),
+    st.download_button("Download the numbers (CSV, bytes)", csv_text(csv_table(rows)),
                        f"memplan_compare_{run.model.name}.csv", "text/csv", icon=":material/download:",
                        key="dl_compare")
 

@@ -1,11 +1,11 @@
 """Estimate page: one run's memory by category and phase, and whether it fits the GPU."""
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from memplan import CATEGORIES, PHASES
 from memplan.app import charts, data, state
+from memplan.app.table import arrow_table, csv_text
 from memplan.units import GiB
 
 
@@ -39,7 +39,7 @@ def advice_markdown(advice: dict, shown: int = 4) -> str:
     return "\n".join(lines)
 
 
-def breakdown_table(est) -> pd.DataFrame:
+def breakdown_table(est) -> list[dict]:
     """Categories (rows) by phase (columns) in GiB, the peak phase's device total last."""
     rows = []
     for cat in CATEGORIES:
@@ -49,17 +49,17 @@ def breakdown_table(est) -> pd.DataFrame:
                                                       else est.phases[p].get(cat, 0)) / GiB
         row["share of peak (%)"] = 100 * est.breakdown[cat] / est.device_total_bytes
         rows.append(row)
-    return pd.DataFrame(rows)
+    return rows
 
 
-def csv_table(est) -> pd.DataFrame:
+def csv_table(est) -> list[dict]:
     """Long form, in bytes: phase, category, bytes (overhead once, at the peak)."""
     rows = [{"phase": p, "category": c, "bytes": int(v)} for p in PHASES for c, v in est.phases[p].items()]
     rows.append({"phase": est.peak_phase, "category": "overhead", "bytes": int(est.overhead)})
-    return pd.DataFrame(rows)
+    return rows
 
 
-def options_table(rows: list[dict], run) -> pd.DataFrame:
+def options_table(rows: list[dict], run) -> list[dict]:
     """The fit of the same run with the per-layer update and checkpointing on and off."""
     yes = {True: "yes", False: "no"}
     out = []
@@ -71,7 +71,7 @@ def options_table(rows: list[dict], run) -> pd.DataFrame:
                     f"max batch (seq {run.seq_len})": r["max_batch_size"], "max sequence (batch 1)": r["max_seq_len"],
                     "max rank": r["max_rank"] if r["max_rank"] is not None else "–",
                     "": "◀ this run" if this else ""})
-    return pd.DataFrame(out)
+    return out
 
 
 def render() -> None:
@@ -109,21 +109,22 @@ def render() -> None:
 
     st.markdown(f"#### Per-layer update and checkpointing on {g.name.replace('NVIDIA ', '')}")
     rows = state.shown(data.fit_options, run.model, run.method, run.gpu, run.options())
-    opts = options_table(rows, run)
+    opts = arrow_table(options_table(rows, run))
     st.dataframe(opts, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in opts.columns if "GiB" in c})
+                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in opts.column_names
+                                if "GiB" in c})
     st.caption("The largest batch, sequence and rank that fit come from the planner's searches "
                "(`memplan fit`); 0: even 1 does not fit.")
 
     st.markdown("#### Breakdown by category and phase")
     st.caption("Overhead is the CUDA context plus the caching allocator's fragmentation, counted once at the "
                "peak. GiB = 2³⁰ bytes; the CSV has exact bytes.")
-    table = breakdown_table(est)
+    table = arrow_table(breakdown_table(est))
     st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in table.columns
+                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in table.column_names
                                 if c.endswith("(GiB)") or c.endswith("(%)")})
     name = f"memplan_{run.model.name}_{run.method}.csv"
-    st.download_button("Download the numbers (CSV, bytes)", csv_table(est).to_csv(index=False), name,
+    st.download_button("Download the numbers (CSV, bytes)", csv_text(csv_table(est)), name,
                        "text/csv", icon=":material/download:", key="dl_estimate")
 
 

@@ -1,27 +1,27 @@
 """Hardware page: which GPUs and GPU counts fit the run, cheapest first (`memplan.plan`)."""
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from memplan.app import charts, data, state
+from memplan.app.table import arrow_table, csv_text
 from memplan.units import GiB
 
 
-def table(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{"GPUs": r["label"], "layout": r["layout_name"],
-                          "needed per GPU (GiB)": r["required_bytes"] / GiB,
-                          "capacity per GPU (GiB)": r["capacity_bytes"] / GiB,
-                          "headroom (GiB)": r["headroom_bytes"] / GiB,
-                          "max batch per GPU": r["max_batch_size"],
-                          "$ / hour": r["price_per_hour_usd"], "purchase ($)": r["price_purchase_usd"]}
-                         for r in rows])
+def table(rows: list[dict]) -> list[dict]:
+    return [{"GPUs": r["label"], "layout": r["layout_name"],
+             "needed per GPU (GiB)": r["required_bytes"] / GiB,
+             "capacity per GPU (GiB)": r["capacity_bytes"] / GiB,
+             "headroom (GiB)": r["headroom_bytes"] / GiB,
+             "max batch per GPU": r["max_batch_size"],
+             "$ / hour": r["price_per_hour_usd"], "purchase ($)": r["price_purchase_usd"]}
+            for r in rows]
 
 
-def csv_table(rows: list[dict]) -> pd.DataFrame:
+def csv_table(rows: list[dict]) -> list[dict]:
     keys = ("gpu", "name", "count", "layout", "required_bytes", "capacity_bytes", "headroom_bytes",
             "max_batch_size", "price_per_hour_usd", "price_purchase_usd", "price_date")
-    return pd.DataFrame([{k: r[k] for k in keys} for r in rows])
+    return [{k: r[k] for k in keys} for r in rows]
 
 
 def render() -> None:
@@ -49,15 +49,15 @@ def render() -> None:
     top = st.slider("Options shown", 1, len(rows), min(len(rows), 15), key="hw_top") if len(rows) > 1 else 1
     shown = rows[:top]
     st.plotly_chart(charts.hardware_bars(shown), width="stretch")
-    df = table(shown)
-    st.dataframe(df, hide_index=True, width="stretch", height=35 * (len(df) + 1) + 3,
-                 column_config={**{c: st.column_config.NumberColumn(format="%.2f") for c in df.columns
+    df = arrow_table(table(shown))
+    st.dataframe(df, hide_index=True, width="stretch", height=35 * (df.num_rows + 1) + 3,
+                 column_config={**{c: st.column_config.NumberColumn(format="%.2f") for c in df.column_names
                                    if "(GiB)" in c},
                                 "$ / hour": st.column_config.NumberColumn(format="$%.2f"),
                                 "purchase ($)": st.column_config.NumberColumn(format="$%d")})
     if never:
         st.caption("Does not fit at any of these counts: " + ", ".join(never) + ".")
-    st.download_button("Download the numbers (CSV, bytes)", csv_table(rows).to_csv(index=False),
+    st.download_button("Download the numbers (CSV, bytes)", csv_text(csv_table(rows)),
                        f"memplan_hardware_{run.model.name}_{run.method}.csv", "text/csv",
                        icon=":material/download:", key="dl_hardware")
 

@@ -1,29 +1,29 @@
 """Sweep page: memory against rank (one line per projection method) and against batch / sequence."""
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from memplan import CATEGORIES, METHODS
 from memplan.app import charts, data, state
+from memplan.app.table import csv_text
 from memplan.estimator import capacity_bytes
 from memplan.profiles import load_gpus
 
 COMPARE_GPUS = ("rtx-4090", "a100-40gb", "a100-80gb")
 
 
-def rank_csv(points: dict, largest: dict) -> pd.DataFrame:
+def rank_csv(points: dict, largest: dict) -> list[dict]:
     """The swept ranks, then each method's largest rank that fits (marked), device totals in bytes."""
     rows = [{"method": m, "rank": r, "device_total_bytes": b, "largest_rank_that_fits": False}
             for m, pts in points.items() for r, b in pts]
     rows += [{"method": m, "rank": r, "device_total_bytes": b, "largest_rank_that_fits": True}
              for m, (r, b) in largest.items()]
-    return pd.DataFrame(rows)
+    return rows
 
 
-def axis_csv(axis: str, xs: list[int], bds: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{axis: x, **{f"{c}_bytes": b.get(c, 0) for c in CATEGORIES},
-                          "device_total_bytes": sum(b.values())} for x, b in zip(xs, bds)])
+def axis_csv(axis: str, xs: list[int], bds: list[dict]) -> list[dict]:
+    return [{axis: x, **{f"{c}_bytes": b.get(c, 0) for c in CATEGORIES}, "device_total_bytes": sum(b.values())}
+            for x, b in zip(xs, bds)]
 
 
 def _short(gid: str) -> str:
@@ -56,7 +56,7 @@ def rank_section(run) -> None:
                    + ", ".join(f"**{m}** {r}" for m, (r, _) in largest.items()))
     else:
         st.caption(f"No rank fits {_short(first)} for these methods with this run.")
-    st.download_button("Download the rank sweep (CSV, bytes)", rank_csv(points, largest).to_csv(index=False),
+    st.download_button("Download the rank sweep (CSV, bytes)", csv_text(rank_csv(points, largest)),
                        f"memplan_rank_sweep_{run.model.name}.csv", "text/csv", icon=":material/download:",
                        key="dl_rank")
 
@@ -78,7 +78,7 @@ def axis_section(run, axis: str, values: tuple[int, ...], title: str, col) -> No
         st.caption(f"Largest {title.lower()} that fits {_short(run.gpu)} at {other}: **{best}**"
                    if best else f"Nothing fits {_short(run.gpu)} at {other}, even {title.lower()} 1.")
         st.download_button(f"Download the {title.lower()} sweep (CSV, bytes)",
-                           axis_csv(axis, xs, bds).to_csv(index=False),
+                           csv_text(axis_csv(axis, xs, bds)),
                            f"memplan_{axis}_sweep_{run.model.name}_{run.method}.csv", "text/csv",
                            icon=":material/download:", key=f"dl_{axis}")
 

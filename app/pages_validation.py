@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import html
 
-import pandas as pd
 import streamlit as st
 
 import memplan
 from memplan import MemplanError
 from memplan.app import charts, report, state
+from memplan.app.table import arrow_table, csv_text
 from memplan.units import GiB
 
 
-def long_table(points: list[report.Point]) -> pd.DataFrame:
+def long_table(points: list[report.Point]) -> list[dict]:
     """One row per point and category (and the peak), bytes, with the relative error."""
     rows = []
     for p in points:
@@ -22,10 +22,10 @@ def long_table(points: list[report.Point]) -> pd.DataFrame:
                          "measured_bytes": p.measured[c], "relative_error": p.errors[c]})
         rows.append({"point": p.label, "category": "peak", "estimated_bytes": p.estimated_peak,
                      "measured_bytes": p.measured_peak, "relative_error": p.peak_error})
-    return pd.DataFrame(rows)
+    return rows
 
 
-def summary_table(points: list[report.Point]) -> pd.DataFrame:
+def summary_table(points: list[report.Point]) -> list[dict]:
     rows = []
     for p in points:
         row = {"point": p.label, "estimated peak (GiB)": p.estimated_peak / GiB,
@@ -34,7 +34,7 @@ def summary_table(points: list[report.Point]) -> pd.DataFrame:
         if p.passed is not None:
             row["passed"] = "yes" if p.passed else "no"
         rows.append(row)
-    return pd.DataFrame(rows)
+    return rows
 
 
 def _load() -> tuple[report.Report | None, str]:
@@ -99,10 +99,10 @@ def report_section() -> None:
                     width="stretch")
     if p.failures:
         st.warning("Failed: " + state.md("; ".join(p.failures)))
-    df = summary_table(points)
+    df = arrow_table(summary_table(points))
     st.dataframe(df, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.columns if "(" in c})
-    st.download_button("Download the comparison (CSV, bytes)", long_table(points).to_csv(index=False),
+                 column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.column_names if "(" in c})
+    st.download_button("Download the comparison (CSV, bytes)", csv_text(long_table(points)),
                        "memplan_validation.csv", "text/csv", icon=":material/download:", key="dl_validation")
 
 
@@ -120,8 +120,7 @@ def _estimate_for_snapshot():
 def snapshot_section() -> None:
     from memplan.app import snapshot_view
 
-    est, label = _estimate_for_snapshot()
-    snapshot_view.section(est, label)
+    snapshot_view.section(_estimate_for_snapshot)  # estimated once a snapshot is uploaded, to set beside it
 
 
 def render() -> None:

@@ -6,11 +6,11 @@ the file's size; no torch needed).
 """
 from __future__ import annotations
 
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from memplan.app import charts
+from memplan.app.table import arrow_table, csv_text
 from memplan.units import GiB, MiB
 
 FREE_COLOR = "#d9d9d9"
@@ -63,7 +63,9 @@ def segment_map(snap, limit: int = MAP_SEGMENTS) -> go.Figure:
     return fig
 
 
-def section(estimate=None, estimate_label: str = "") -> None:
+def section(estimate_run=None) -> None:
+    """The uploader, then what the uploaded snapshot holds; `estimate_run()` gives (the sidebar run's estimate
+    or None, its label) for a column beside the snapshot's categories, called only once a snapshot is read."""
     st.markdown("### CUDA memory snapshot")
     st.caption("A snapshot from `torch.cuda.memory._dump_snapshot(...)`, plain or gzip. It is read by "
                "memplan's restricted unpickler, which refuses every import: no code in the file runs.")
@@ -108,18 +110,19 @@ def section(estimate=None, estimate_label: str = "") -> None:
         st.plotly_chart(charts.category_bar(cats, f"{up.name}: allocated by category at the peak"), width="stretch")
     rows = [{"category": k, "at peak (GiB)": a["categories_at_peak"][k] / GiB,
              "at the dump (GiB)": a["categories_final"][k] / GiB} for k in a["categories_at_peak"]]
+    estimate, estimate_label = estimate_run() if estimate_run is not None else (None, "")
     if estimate is not None:
         for row in rows:
             v = estimate.phases[estimate.peak_phase].get(row["category"])
             row[f"estimate {estimate_label} (GiB)"] = None if v is None else v / GiB
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    st.dataframe(arrow_table(rows), hide_index=True)
     if a["largest_blocks"]:
         st.markdown("**Largest live blocks**")
-        st.dataframe(pd.DataFrame([{"address": hex(b["address"]), "MiB": b["size"] / MiB, "category": b["category"],
-                                    "allocated at": b["where"]} for b in a["largest_blocks"]]), hide_index=True)
+        st.dataframe(arrow_table([{"address": hex(b["address"]), "MiB": b["size"] / MiB, "category": b["category"],
+                                   "allocated at": b["where"]} for b in a["largest_blocks"]]), hide_index=True)
     flat = [{"quantity": k, "bytes": int(v)} for k, v in a.items() if isinstance(v, int) and not isinstance(v, bool)]
     flat += [{"quantity": f"category_at_peak:{k}", "bytes": int(v)} for k, v in a["categories_at_peak"].items()]
     if r is not None:
         flat += [{"quantity": f"replay:{k}", "bytes": v} for k, v in r.to_dict().items() if isinstance(v, int)]
-    st.download_button("Download the snapshot summary (CSV, bytes)", pd.DataFrame(flat).to_csv(index=False),
+    st.download_button("Download the snapshot summary (CSV, bytes)", csv_text(flat),
                        "memplan_snapshot.csv", "text/csv", icon=":material/download:", key="dl_snapshot")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 from memplan.app import report
+from memplan.app.table import arrow_table
 from memplan.units import MiB
 
 
@@ -26,7 +26,7 @@ def load(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def points_frame(points: list[dict]) -> pd.DataFrame:
+def points_frame(points: list[dict]) -> list[dict]:
     rows = []
     for p in points:
         c = p.get("config") or {}
@@ -41,7 +41,7 @@ def points_frame(points: list[dict]) -> pd.DataFrame:
                      "peak error (%)": 100 * err["peak"]["relative"] if err else None,
                      "passed": "yes" if p.get("passed") else "no",
                      "failures": "; ".join(str(f).splitlines()[0] for f in p.get("failures") or [])})
-    return pd.DataFrame(rows)
+    return rows
 
 
 def section() -> None:
@@ -60,6 +60,7 @@ def section() -> None:
             continue
         st.markdown(f"**{title}**: {part.get('passed')}/{part.get('total')} pass, "
                     f"wall time {part.get('wall_seconds', 0):.0f} s")
-        df = points_frame(part["points"])
+        df = arrow_table(points_frame(part["points"]))
         st.dataframe(df, hide_index=True, width="stretch",
-                     column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.columns if "(" in c})
+                     column_config={c: st.column_config.NumberColumn(format="%.2f") for c in df.column_names
+                                    if "(" in c})

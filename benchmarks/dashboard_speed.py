@@ -31,24 +31,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "dashboard_speed.json"
 DASHBOARD = ROOT / "app" / "dashboard.py"
-PAGES = ["pages_estimate.py", "pages_compare.py", "pages_sweep.py", "pages_hardware.py", "pages_validation.py"]
+# page file -> its url_path in app/dashboard.py (st.Page)
+PAGES = {"pages_estimate.py": "estimate", "pages_compare.py": "compare", "pages_sweep.py": "sweep",
+         "pages_hardware.py": "hardware", "pages_validation.py": "validation"}
 TARGET_S = 0.3
 BARE = 'import streamlit as st\n\nst.title("bare page")\nst.write("hello")\n'
 
 CHILD = r"""
 import json, sys, time
 from streamlit.testing.v1 import AppTest
-script, page, warm_start = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+script, page, url_path, warm_start = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 if warm_start:  # what `memplan app`'s server does at start (memplan.app.serve), before any visitor
     from memplan.app.serve import preload
     preload()
 app = AppTest.from_file(script, default_timeout=120)
 if page != "-":
-    app.switch_page(page)
+    # AppTest.switch_page before the first run hashes the file name, which st.navigation does not
+    # know (an st.Page is hashed by its url_path): the default page would run instead. A visitor's
+    # browser asks for the url_path, and so does this.
+    from streamlit.util import calc_hash
+    app._page_hash = calc_hash(url_path)
 c0 = time.process_time(); t0 = time.perf_counter(); app.run()
 cold, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
 assert not app.exception, [e.value for e in app.exception]
+shown = [m.value for m in app.markdown]
+if page != "-":
+    app.switch_page(page)  # after a run, AppTest finds the page by its file: the same page must run again
 t0 = time.perf_counter(); app.run(); warm = time.perf_counter() - t0
+assert [m.value for m in app.markdown] == shown, f"the first run did not show {page}"
 mods = sorted(m for m in ("pandas", "plotly", "plotly.graph_objects", "pyarrow", "memplan.estimator")
               if m in sys.modules)
 print(json.dumps({"cold_s": cold, "cold_cpu_s": cold_cpu, "warm_s": warm, "modules": mods,
@@ -58,7 +68,8 @@ print(json.dumps({"cold_s": cold, "cold_cpu_s": cold_cpu, "warm_s": warm, "modul
 
 def run_child(script: Path, page: str, warm_start: bool) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-c", CHILD, str(script), page, "1" if warm_start else "0"],
+    args = [str(script), page, PAGES.get(page, "-"), "1" if warm_start else "0"]
+    r = subprocess.run([sys.executable, "-c", CHILD, *args],
                        capture_output=True, text=True, cwd=ROOT, env=env)
     if r.returncode != 0:
         raise SystemExit(f"{script} {page} failed:\n{r.stderr[-3000:]}")
@@ -94,7 +105,10 @@ def main() -> None:
     result = {"runs": args.runs, "target_cold_s": TARGET_S, "pages": rows,
               "pass_fresh_process": cold_ok, "pass_memplan_app_server": served_ok,
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                          "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0]}}
+                          "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0],
+                          # set: no .pyc is written, so every process compiles memplan from source
+                          # (pip compiles an installed package's bytecode; Streamlit's is compiled)
+                          "PYTHONDONTWRITEBYTECODE": bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))}}
     print(f"{'page':<36}{'cold median s':>14}{'min':>8}{'max':>8}{'cpu s':>8}{'warm s':>9}   imported by the first run")
     for name, r in rows.items():
         print(f"{name:<36}{r['cold_median_s']:>14.3f}{r['cold_min_s']:>8.3f}{r['cold_max_s']:>8.3f}"
@@ -102,6 +116,8 @@ def main() -> None:
               f"{r['warm_median_s']:>9.3f}   {', '.join(r['modules_after_first_run'])}")
     print(f"every page's first run under {TARGET_S} s: in a fresh process", "yes" if cold_ok else "NO",
           "| on a started `memplan app` server", "yes" if served_ok else "NO")
+    if result["machine"]["PYTHONDONTWRITEBYTECODE"]:
+        print("PYTHONDONTWRITEBYTECODE is set: each first run compiles memplan's modules from source")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

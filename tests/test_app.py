@@ -17,6 +17,7 @@ import memplan.advisor  # noqa: E402
 from memplan import CATEGORIES  # noqa: E402
 from memplan.app import charts, report  # noqa: E402
 from memplan.app.pages_estimate import verdict_text  # noqa: E402
+from memplan.app.table import csv_text  # noqa: E402
 from memplan.estimator import capacity_bytes  # noqa: E402
 from memplan.units import GiB  # noqa: E402
 
@@ -399,15 +400,63 @@ def test_csv_downloads_hold_the_librarys_bytes():
 
     est = memplan.estimate("llama-1b", "galore", rank=64)
     csv = pages_estimate.csv_table(est)
-    peak = csv[csv["phase"] == est.peak_phase].set_index("category")["bytes"]
-    assert {c: int(peak[c]) for c in CATEGORIES} == est.breakdown
+    peak = {r["category"]: r["bytes"] for r in csv if r["phase"] == est.peak_phase}
+    assert {c: peak[c] for c in CATEGORIES} == est.breakdown
     rows = [{"method": r.method, "breakdown": r.estimate.breakdown, "fits": True, "peak_phase": "backward",
              "device_total_bytes": r.estimate.device_total_bytes, "headroom_bytes": 0,
              "peak_bytes": r.estimate.peak_bytes,
              "saved_vs_adamw_bytes": r.saved_bytes} for r in memplan.compare("llama-1b", ["adamw", "golore"])]
     out = pages_compare.csv_table(rows)
-    assert list(out["device_total_bytes"]) == [r["device_total_bytes"] for r in rows]
-    assert list(out["peak_allocated_bytes"]) == [r["peak_bytes"] for r in rows]
+    assert [r["device_total_bytes"] for r in out] == [r["device_total_bytes"] for r in rows]
+    assert [r["peak_allocated_bytes"] for r in out] == [r["peak_bytes"] for r in rows]
+    text = csv_text(out).splitlines()  # the download: a header, then one line of exact bytes per method
+    assert text[0].split(",")[:4] == ["method", "fits", "peak_allocated_bytes", "device_total_bytes"]
+    assert [line.split(",")[3] for line in text[1:]] == [str(r["device_total_bytes"]) for r in rows]
+
+
+NO_PANDAS = r"""
+import json, sys
+from pathlib import Path
+from streamlit.testing.v1 import AppTest
+root, report, snapshot = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+app = AppTest.from_file(str(root / "app" / "dashboard.py"), default_timeout=120)
+app.run()
+tables = {}
+for page in ("pages_estimate.py", "pages_compare.py", "pages_sweep.py", "pages_hardware.py", "pages_validation.py"):
+    app.switch_page(page).run()
+    assert not app.exception, [e.value for e in app.exception]
+    tables[page] = len(app.dataframe)
+app.file_uploader(key="val_report").set_value(("report.json", report.read_bytes(), "application/json"))
+app.file_uploader(key="val_snapshot").set_value((snapshot.name, snapshot.read_bytes(), "application/octet-stream"))
+app.run()
+assert not app.exception, [e.value for e in app.exception]
+tables["validation, report and snapshot"] = len(app.dataframe)
+print(json.dumps({"pandas": "pandas" in sys.modules, "tables": tables}))
+"""
+
+
+def test_no_page_imports_pandas(tmp_path):
+    """Every page, its tables and downloads included, runs without pandas (0.25 s of a first run):
+    app/table.py builds the Arrow tables from buffers. In a fresh process: this one has pandas."""
+    import subprocess
+    import sys
+
+    rep = tmp_path / "report.json"
+    rep.write_text(json.dumps({"grid": "small", "results": sample_report(("adamw", "galore"))}))
+    snap = DATA / "snapshots" / "silmont2000_full.pickle.gz"
+    dist = DASHBOARD.parents[1] / "benchmarks" / "results" / "validate_dist.json"  # the multi-GPU tables
+    if dist.is_file():
+        (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+        (tmp_path / "benchmarks" / "results" / dist.name).write_bytes(dist.read_bytes())
+    out = subprocess.run([sys.executable, "-c", NO_PANDAS, str(DASHBOARD.parents[1]), str(rep), str(snap)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["tables"]["pages_estimate.py"] == 2 and result["tables"]["pages_compare.py"] == 1
+    assert result["tables"]["pages_hardware.py"] == 1
+    # the summary, the snapshot's categories and blocks (and the multi-GPU report's two tables)
+    assert result["tables"]["validation, report and snapshot"] == 3 + 2 * dist.is_file()
+    assert result["pandas"] is False
 
 
 def test_memplan_app_help_and_missing_extra(monkeypatch):
@@ -444,8 +493,10 @@ def test_rank_csv_marks_the_largest_rank():
     from memplan.app import pages_sweep
 
     out = pages_sweep.rank_csv({"galore": [(64, 10), (128, 20)]}, {"galore": (100, 15)})
-    assert list(out["rank"]) == [64, 128, 100]
-    assert list(out["largest_rank_that_fits"]) == [False, False, True]
+    assert [r["rank"] for r in out] == [64, 128, 100]
+    assert [r["largest_rank_that_fits"] for r in out] == [False, False, True]
+    assert csv_text(out) == ("method,rank,device_total_bytes,largest_rank_that_fits\n"
+                             "galore,64,10,False\ngalore,128,20,False\ngalore,100,15,True\n")
 
 
 def test_offload_weights_and_loss_reach_the_estimate(at):
