@@ -6,7 +6,8 @@ import io
 
 from tabulate import tabulate
 
-from memplan.estimator import CATEGORIES, TrainingConfig, capacity_bytes
+from memplan.categories import CATEGORIES
+from memplan.estimator import TrainingConfig, capacity_bytes
 from memplan.methods import METHODS
 from memplan.planner import MAX_SEQ_LEN, SWEEP_FIELDS, CompareRow, FitRow, PlanRow, rank_limit
 from memplan.profiles import GPUProfile

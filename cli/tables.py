@@ -5,7 +5,8 @@ import json
 
 from tabulate import tabulate
 
-from memplan.estimator import CATEGORIES, PHASES, UNKNOWN_USABLE_MARGIN, Estimate, capacity_bytes
+from memplan.categories import CATEGORIES, PHASES
+from memplan.estimator import UNKNOWN_USABLE_MARGIN, Estimate, capacity_bytes
 from memplan.methods import METHODS
 from memplan.profiles import load_gpus, load_model, model_names
 from memplan.inventory import parameter_count

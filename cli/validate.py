@@ -7,11 +7,9 @@ from pathlib import Path
 
 import click
 
+from memplan.categories import PHASES, TENSOR_CATEGORIES as CATS
 from memplan.cli.common import CONTEXT_SETTINGS, CLIError, impl_options
 from memplan.cli.distributed import layout_options
-
-CATS = ("parameters", "gradients", "optimizer_states", "projectors", "activations", "temporaries")
-PHASES = ("forward", "backward", "optimizer_step", "refresh_step")
 
 
 def _mib(n) -> str:

@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "memplan.estimator": ("CATEGORIES", "PHASES", "PRECISIONS", "Estimate", "Fit", "TrainingConfig", "estimate",
+    "memplan.categories": ("CATEGORIES", "PHASES"),
+    "memplan.estimator": ("PRECISIONS", "Estimate", "Fit", "TrainingConfig", "estimate",
                           "estimate_config"),
     "memplan.methods": ("METHODS",),
     "memplan.planner": ("plan", "max_batch_size", "max_seq_len", "max_rank", "compare", "sweep"),

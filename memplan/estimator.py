@@ -20,6 +20,7 @@ from operator import itemgetter
 from memplan import limits
 from memplan import offload, records
 from memplan.activations import Activations, Knobs, activations
+from memplan.categories import PHASES
 from memplan.errors import MemplanError
 from memplan.inventory import block_order, resolve_targets, shape_groups
 from memplan.methods import METHODS, Method, Shape, get_method
@@ -28,9 +29,6 @@ from memplan.profiles import GPUProfile, ModelProfile, load_gpu, load_model
 from memplan.quant import QMAP_BYTES, quantized, weight_bytes
 from memplan.reserve import DEFAULT_CONTEXT_BYTES, context_bytes, fragmentation, outside_tensors
 from memplan.units import MiB
-
-CATEGORIES = ("parameters", "gradients", "optimizer_states", "projectors", "activations", "temporaries", "overhead")
-PHASES = ("forward", "backward", "optimizer_step", "refresh_step")
 
 
 @dataclass(frozen=True)

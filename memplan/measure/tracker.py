@@ -36,9 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-CATEGORIES = ("parameters", "gradients", "optimizer_states", "projectors",
-              "activations", "temporaries", "overhead")
-PHASES = ("forward", "backward", "optimizer_step", "refresh_step")
+from memplan.categories import CATEGORIES, PHASES  # noqa: F401  (the estimator's: one set)
 
 _PRIM_DEVICE = torch.ops.prim.device.default
 
