@@ -12,7 +12,13 @@ Times are the median over --runs processes; the target is a first run under 0.3 
 every page. Wall times on a loaded machine stretch; the CPU seconds (all threads of the
 process) are given beside them.
 
-    python benchmarks/dashboard_speed.py [--runs 5]
+memplan's modules are compiled to bytecode first (`compileall` on memplan/, app/, cli/, into
+their __pycache__ folders, which git ignores), as `pip install` compiles an installed package
+and as Streamlit's, plotly's and pyarrow's are: where PYTHONDONTWRITEBYTECODE is set (this
+development machine sets it) no process ever writes them, and every first run would compile
+memplan from source (about 0.03 s). --no-compile measures that case.
+
+    python benchmarks/dashboard_speed.py [--runs 5] [--no-compile]
 
 Prints a table and writes benchmarks/results/dashboard_speed.json.
 """
@@ -80,7 +86,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="fresh processes per page")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--no-compile", action="store_true", help="leave memplan's modules uncompiled (see above)")
     args = ap.parse_args()
+    if not args.no_compile:
+        import compileall
+
+        for folder in ("memplan", "app", "cli"):
+            if not compileall.compile_dir(ROOT / folder, quiet=1):
+                raise SystemExit(f"compileall failed on {folder}/")
+        compileall.compile_file(ROOT / "memplan_start.py", quiet=1)
     with tempfile.TemporaryDirectory() as d:
         bare = Path(d) / "bare.py"
         bare.write_text(BARE)
@@ -108,7 +122,8 @@ def main() -> None:
                           "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0],
                           # set: no .pyc is written, so every process compiles memplan from source
                           # (pip compiles an installed package's bytecode; Streamlit's is compiled)
-                          "PYTHONDONTWRITEBYTECODE": bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))}}
+                          "PYTHONDONTWRITEBYTECODE": bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))},
+              "memplan_bytecode": "from source (--no-compile)" if args.no_compile else "compiled first (compileall)"}
     print(f"{'page':<36}{'cold median s':>14}{'min':>8}{'max':>8}{'cpu s':>8}{'warm s':>9}   imported by the first run")
     for name, r in rows.items():
         print(f"{name:<36}{r['cold_median_s']:>14.3f}{r['cold_min_s']:>8.3f}{r['cold_max_s']:>8.3f}"
@@ -116,8 +131,7 @@ def main() -> None:
               f"{r['warm_median_s']:>9.3f}   {', '.join(r['modules_after_first_run'])}")
     print(f"every page's first run under {TARGET_S} s: in a fresh process", "yes" if cold_ok else "NO",
           "| on a started `memplan app` server", "yes" if served_ok else "NO")
-    if result["machine"]["PYTHONDONTWRITEBYTECODE"]:
-        print("PYTHONDONTWRITEBYTECODE is set: each first run compiles memplan's modules from source")
+    print(f"memplan's bytecode: {result['memplan_bytecode']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
