@@ -36,6 +36,9 @@ def render() -> None:
     if run.layerwise and max(counts) > 1:
         st.caption(":material/info: The per-layer update is modeled on one GPU only, so multi-GPU options "
                    "appear when it is off.")
+    if run.offload != "none" and max(counts) > 1:
+        st.caption(":material/info: CPU offload is modeled on one GPU only, so multi-GPU options appear when "
+                   "the offload is off.")
     rows, never = state.shown(data.hardware, run.model, run.method, run.options(), counts)
     if not rows:
         st.error("No GPU and count here fits this run. Try the per-layer update, checkpointing, a smaller "

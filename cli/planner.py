@@ -209,6 +209,7 @@ def sweep(method, ranks, batch_sizes, seq_lens, gpu, as_csv, as_json, **opts):
 @click.option("--top", type=int, default=None, help="Show only the N cheapest.")
 @click.option("--min-headroom", type=float, default=0.0, show_default=True,
               help="GiB each GPU must keep free (a safety margin on top of the estimate).")
+@host_ram_option
 @_run_opts
 @handle_errors
 def plan(method, gpus, gpu_counts, layouts, sort, top, min_headroom, as_json, **opts):
@@ -225,8 +226,10 @@ def plan(method, gpus, gpu_counts, layouts, sort, top, min_headroom, as_json, **
       memplan plan --model llama-13b --method galore8bit --batch-size 4 --seq-len 2048
       memplan plan --model llama-7b --method adamw --checkpointing --sort purchase --top 5
       memplan plan --model llama-7b --method galore8bit --layerwise --min-headroom 2
+      memplan plan --model llama-7b --method adamw --offload optimizer --host-ram 64
     """
     from memplan.cli.planner_tables import plan_table
+    from memplan.estimator import estimate_config
     from memplan.planner import make_config
     from memplan.planner import plan as run
 
@@ -234,10 +237,11 @@ def plan(method, gpus, gpu_counts, layouts, sort, top, min_headroom, as_json, **
     headroom = limits.check_float(min_headroom, limits.HEADROOM_GIB, "--min-headroom (GiB)")
     if top is not None and top < 1:
         raise MemplanError(f"--top must be 1 or more, got {top}: it keeps the N cheapest rows.")
+    host_ram = host_ram_bytes(opts)
     rows = run(opts["model"], method, gpus=_names(gpus, "--gpus"),
                gpu_counts=_ints(gpu_counts, "--gpu-counts", limits.GPU_COUNT),
                layouts=_names(layouts, "--layouts"), gpu_file=opts["gpu_file"], sort=sort,
-               min_headroom=int(headroom * GiB), **kw)
+               min_headroom=int(headroom * GiB), host_ram=host_ram, **kw)
     if top is not None:
         rows = rows[:top]
     if as_json:
@@ -246,13 +250,20 @@ def plan(method, gpus, gpu_counts, layouts, sort, top, min_headroom, as_json, **
             raise SystemExit(NOTHING_FITS)
         return
     config = make_config(opts["model"], method, **kw)
+    host = estimate_config(config).host_bytes
+    if not rows and host_ram is not None and host > host_ram:
+        click.echo(f"Nothing fits: the offloaded optimizer (--offload {config.offload}) needs {host / GiB:.2f} GiB of "
+                   f"host memory, more than --host-ram {host_ram / GiB:.2f} GiB. Use a larger --host-ram, "
+                   + ("--offload optimizer (the gradients stay on the GPU), " if config.offload != "optimizer" else "")
+                   + "or --offload none.")
+        raise SystemExit(NOTHING_FITS)
     if not rows:
         hints = [h for h, on in (("--checkpointing", config.checkpointing),) if not on]
         click.echo(f"Nothing fits: {config.model.name} {config.method}, batch {config.batch_size} per GPU x seq "
                    f"{config.seq_len}, on any GPU profile and count considered. Try "
                    + ", ".join(hints + ["a smaller --batch-size or --seq-len", "--gpu-counts 16"]) + ".")
         raise SystemExit(NOTHING_FITS)
-    click.echo(plan_table(rows, config, int(headroom * GiB)))
+    click.echo(plan_table(rows, config, int(headroom * GiB), host, host_ram))
 
 
 COMMANDS = [fit, compare, sweep, plan]

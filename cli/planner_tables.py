@@ -174,7 +174,8 @@ def sweep_table(rows: list[dict], gpu: GPUProfile | None) -> str:
 
 # ---------------------------------------------------------------- plan
 
-def plan_table(rows: list[PlanRow], config: TrainingConfig, min_headroom: int = 0) -> str:
+def plan_table(rows: list[PlanRow], config: TrainingConfig, min_headroom: int = 0, host_bytes: int = 0,
+               host_ram: int | None = None) -> str:
     money = lambda v, fmt: "-" if v is None else fmt.format(v)  # noqa: E731
     table = [[i, r.gpu.id, r.num_gpus, r.engine, g(r.per_gpu_bytes), g(r.capacity_bytes), signed(r.headroom_bytes),
               f"{r.max_batch_size:,}", money(r.price_per_hour_usd, "${:,.2f}"),
@@ -192,4 +193,9 @@ def plan_table(rows: list[PlanRow], config: TrainingConfig, min_headroom: int = 
         lines.append(f"Every GPU keeps at least {g(min_headroom)} GiB free (--min-headroom), max batch included.")
     if config.layerwise:
         lines.append("The per-layer update is single-GPU only (as in GaLore's public code): multi-GPU rows left out.")
+    if config.offload != "none":
+        lines.append(f"Host memory: {g(host_bytes)} GiB on every row (pinned weight and gradient copies + optimizer "
+                     f"state; --offload {config.offload}"
+                     + (f"; fits in --host-ram {g(host_ram)} GiB" if host_ram is not None else "")
+                     + "). CPU offload is modeled on one GPU only: multi-GPU rows left out.")
     return "\n".join(lines + bf16_note([r.gpu for r in rows], config.precision))

@@ -141,7 +141,7 @@ class ShardedEstimate(Estimate):
 
 
 def check_layout(layout: str, num_gpus: int, layerwise: bool, method: str | None = None,
-                 precision: str | None = None) -> str:
+                 precision: str | None = None, offload: str = "none") -> str:
     key = resolve_layout(layout)
     if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
         raise MemplanError(f"Number of GPUs must be a positive integer, got {num_gpus!r}.")
@@ -152,6 +152,10 @@ def check_layout(layout: str, num_gpus: int, layerwise: bool, method: str | None
         raise MemplanError(f"The per-layer update (--layerwise) is single-GPU only (as in GaLore's public code); "
                            f"layout '{key}' with {num_gpus} GPU(s) is not modeled. "
                            "Use --no-layerwise for multi-GPU layouts.")
+    if offload != "none" and key != "single":
+        raise MemplanError(f"CPU offload (--offload {offload}) is modeled on one GPU only (torchao's CPUOffloadOptimizer "
+                           f"in one process); layout '{key}' with {num_gpus} GPU(s) is not modeled. "
+                           "Use --offload none for multi-GPU layouts, or --layout single.")
     if method is not None and key != "single":
         m = get_method(method)
         if m.adapter and key != "ddp":
@@ -347,7 +351,7 @@ def _total(phases: dict) -> int:
 def shard(est: Estimate, layout: str = "single", num_gpus: int = 1, *, bucket_view: bool = False) -> ShardedEstimate:
     """The per-GPU memory of `est` trained with `layout` on `num_gpus` GPUs, worst rank (see module doc)."""
     c = est.config
-    key = check_layout(layout, num_gpus, c.layerwise, c.method, c.precision)
+    key = check_layout(layout, num_gpus, c.layerwise, c.method, c.precision, c.offload)
     grads_total = est.terms.gradients if est.terms is not None else max(p["gradients"] for p in est.phases.values())
     worst = 0
     if key == "single":

@@ -89,7 +89,7 @@ def largest(ok: Callable[[int], bool], limit: int) -> int:
 def _search(field: str, limit: int, model, gpu, method, gpu_file, layout, num_gpus, min_headroom, options) -> int:
     config = make_config(model, method, **options)
     g = resolve_gpu(gpu, gpu_file)
-    layout = check_layout(layout, num_gpus, config.layerwise, config.method, config.precision)
+    layout = check_layout(layout, num_gpus, config.layerwise, config.method, config.precision, config.offload)
     if field == "seq_len" and config.model.sliding_window:  # longer sequences are not modelled (estimator)
         limit = min(limit, config.model.sliding_window)
     return largest(lambda n: fits(make_config(config, **{field: n}), g, layout, num_gpus, min_headroom), limit)
@@ -287,6 +287,7 @@ class PlanRow:
     per_gpu_bytes: int  # device total per GPU under the layout
     capacity_bytes: int  # per GPU
     max_batch_size: int  # the largest micro-batch per GPU under this layout, at the given seq_len
+    host_bytes: int = 0  # host memory of an offloaded run (--offload; one GPU): pinned copies + optimizer state
 
     @property
     def headroom_bytes(self) -> int:
@@ -312,13 +313,13 @@ class PlanRow:
                 "engine": self.engine,
                 "per_gpu_bytes": self.per_gpu_bytes, "capacity_bytes": self.capacity_bytes,
                 "headroom_bytes": self.headroom_bytes, "max_batch_size": self.max_batch_size,
-                "price_per_hour_usd": self.price_per_hour_usd, "price_purchase_usd": self.price_purchase_usd,
+                "host_bytes": self.host_bytes, "price_per_hour_usd": self.price_per_hour_usd, "price_purchase_usd": self.price_purchase_usd,
                 "price_date": self.gpu.price_date}
 
 
 def _modeled(lay: str, count: int, config: TrainingConfig) -> bool:
     try:
-        check_layout(lay, count, config.layerwise, config.method, config.precision)
+        check_layout(lay, count, config.layerwise, config.method, config.precision, config.offload)
         return True
     except MemplanError:  # e.g. a projection method under FSDP2: not modeled, so never proposed
         return False
@@ -332,13 +333,15 @@ def _layouts_for(count: int, config: TrainingConfig, layouts) -> list[str]:
 
 
 def plan(model, method: str = "adamw", *, gpus=None, gpu_counts=GPU_COUNTS, layouts=None, gpu_file=None,
-         sort: str = "hour", min_headroom: int = 0, **options) -> list[PlanRow]:
+         sort: str = "hour", min_headroom: int = 0, host_ram: int | None = None, **options) -> list[PlanRow]:
     """Every GPU profile x GPU count that fits, with the least-sharded layout that does, cheapest first.
 
     `batch_size` is the micro-batch per GPU. `sort`: "hour" (price per hour, then
     purchase) or "purchase" (purchase, then per hour); GPUs without a price come last.
     `min_headroom`: bytes every GPU must keep free (a safety margin; 0: just fit).
-    With the per-layer update only single-GPU rows are possible (memplan/parallel.py).
+    With the per-layer update or CPU offload only single-GPU rows are possible
+    (memplan/parallel.py); `host_ram` (bytes): an offloaded run's host memory must fit it
+    (the same for every GPU: when it does not, nothing fits).
     """
     if sort not in ("hour", "purchase"):
         raise MemplanError(f"Unknown sort '{sort}'. Allowed: hour, purchase.")
@@ -357,6 +360,12 @@ def plan(model, method: str = "adamw", *, gpus=None, gpu_counts=GPU_COUNTS, layo
     if config.layerwise and (1 not in counts or (layouts is not None and "single" not in layouts)):
         raise MemplanError("The per-layer update (--layerwise) is single-GPU only: include 1 in --gpu-counts "
                            "(and 'single' in --layouts), or drop --layerwise.")
+    if config.offload != "none" and (1 not in counts or (layouts is not None and "single" not in layouts)):
+        raise MemplanError(f"CPU offload (--offload {config.offload}) is modeled on one GPU only: include 1 in "
+                           "--gpu-counts (and 'single' in --layouts), or use --offload none.")
+    host = estimate_config(config).host_bytes
+    if host_ram is not None and host > host_ram:
+        return []  # the host memory is the same on every GPU
     pool = load_gpus(gpu_file)
     chosen = list(pool.values()) if gpus is None else [resolve_gpu(x, gpu_file) for x in gpus]
     rows = []
@@ -367,7 +376,7 @@ def plan(model, method: str = "adamw", *, gpus=None, gpu_counts=GPU_COUNTS, layo
                 need = per_gpu(config, lay, n).device_total_bytes
                 if need + min_headroom <= cap:
                     best = max_batch_size(config, g, layout=lay, num_gpus=n, min_headroom=min_headroom)
-                    rows.append(PlanRow(g, n, lay, need, cap, best))
+                    rows.append(PlanRow(g, n, lay, need, cap, best, host))
                     break
     return sorted(rows, key=lambda r: _price_key(r, sort))
 

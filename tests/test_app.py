@@ -285,6 +285,16 @@ def test_hardware_page_lists_the_planners_options_cheapest_first(at):
     assert all(t.startswith("1 × ") for t in at.dataframe[0].value["GPUs"])
 
 
+def test_hardware_page_with_cpu_offload_lists_single_gpus(at):
+    set_run(at, model="llama-7b", method="adamw", layerwise=False, checkpointing=True)
+    set_run(at, offload="optimizer")
+    run(at.switch_page("pages_hardware.py"))
+    plan = memplan.plan("llama-7b", "adamw", checkpointing=True, offload="optimizer")
+    assert plan and all(p.num_gpus == 1 for p in plan)
+    assert all(t.startswith("1 × ") for t in at.dataframe[0].value["GPUs"])
+    assert any("CPU offload is modeled on one GPU only" in c.value for c in at.caption)
+
+
 def test_hardware_page_when_nothing_fits(at):
     set_run(at, model="opt-13b", method="adamw", precision="fp32", batch_size=64, layerwise=False,
             checkpointing=False)

@@ -135,6 +135,26 @@ def test_plan_nothing_fits():
     assert r.exit_code == 3 and r.output.startswith("Nothing fits")  # 3: nothing fits (documented in --help)
 
 
+def test_plan_with_cpu_offload_shows_the_host_memory():
+    import memplan
+    from memplan.units import GiB
+
+    host = memplan.estimate("llama-7b", "adamw", offload="optimizer").host_bytes
+    r = run("plan", "--model", "llama-7b", "--method", "adamw", "--offload", "optimizer", "--top", "3")
+    assert r.exit_code == 0, r.output
+    assert f"Host memory: {host / GiB:.2f} GiB on every row" in r.output and "multi-GPU rows left out" in r.output
+    table = r.output.split("engine:")[0]
+    assert "one GPU" in table and "DDP" not in table and "FSDP2" not in table
+    r = run("plan", "--model", "llama-7b", "--method", "adamw", "--offload", "optimizer", "--host-ram", "32")
+    assert r.exit_code == 3 and r.output.startswith(f"Nothing fits: the offloaded optimizer (--offload optimizer) "
+                                                    f"needs {host / GiB:.2f} GiB of host memory")
+    r = run("plan", "--model", "llama-7b", "--method", "adamw", "--offload", "optimizer", "--gpu-counts", "2")
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "one GPU only" in r.output
+    r = run("estimate", "--model", "llama-7b", "--method", "adamw", "--offload", "optimizer", "--layout", "ddp",
+            "--num-gpus", "2")
+    assert r.exit_code == 2 and r.output.startswith("Error: CPU offload (--offload optimizer) is modeled on one GPU")
+
+
 def test_plan_user_gpu_file_overrides_prices(tmp_path):
     f = tmp_path / "mine.json"
     f.write_text(json.dumps({"rtx-4090": {"price_per_hour_usd": 0.05, "price_date": "2030-01"}}))

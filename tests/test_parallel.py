@@ -126,6 +126,16 @@ def test_per_layer_update_is_single_gpu_only(layout):
         shard(est, layout, 2)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS[1:])
+def test_cpu_offload_is_single_gpu_only(layout):
+    # torchao's CPUOffloadOptimizer in one process: a multi-GPU recomposition of its terms is not modeled
+    # (it gave FSDP2 on 2 GPUs more per GPU than one GPU), so it is refused, not shown
+    est = memplan.estimate("llama-7b", "adamw", offload="optimizer")
+    with pytest.raises(MemplanError, match=r"CPU offload \(--offload optimizer\) is modeled on one GPU only"):
+        shard(est, layout, 2)
+    assert shard(est, "single", 1).device_total_bytes == est.device_total_bytes
+
+
 def test_step_transients_follow_each_ranks_own_tensors():
     # foreach AdamW's buffers span the tensors a rank steps; the for-loop keeps the previous tensor's
     # denom, and ZeRO's local optimizer steps its tensors largest first (the head first: none before it)

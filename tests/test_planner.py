@@ -281,6 +281,18 @@ def test_plan_with_per_layer_update_is_single_gpu():
     assert rows and all(r.num_gpus == 1 and r.layout == "single" for r in rows)
 
 
+def test_plan_with_cpu_offload_is_single_gpu_and_checks_the_host():
+    est = memplan.estimate("llama-7b", "adamw", offload="optimizer")
+    rows = memplan.plan("llama-7b", "adamw", offload="optimizer")
+    assert rows and all(r.num_gpus == 1 and r.layout == "single" for r in rows)
+    assert {r.host_bytes for r in rows} == {est.host_bytes} and rows[0].to_dict()["host_bytes"] == est.host_bytes
+    assert memplan.plan("llama-7b", "adamw", offload="optimizer", host_ram=est.host_bytes) == rows
+    assert memplan.plan("llama-7b", "adamw", offload="optimizer", host_ram=est.host_bytes - 1) == []
+    assert all(r.host_bytes == 0 for r in memplan.plan("llama-7b", "adamw", gpus=["h200"]))
+    with pytest.raises(MemplanError, match="CPU offload.*one GPU only: include 1 in --gpu-counts"):
+        memplan.plan("llama-7b", "adamw", offload="optimizer", gpu_counts=[2, 4])
+
+
 def test_plan_restricted_layouts_and_counts():
     rows = memplan.plan("llama-7b", "adamw", gpu_counts=[4], layouts=["fsdp"], gpus=["rtx-4090"],
                         checkpointing=True)
