@@ -73,9 +73,10 @@ def _llama(p: ModelProfile, t):
     for n in range(p.num_hidden_layers):
         b = f"model.layers.{n}"
         yield TensorSpec(f"{b}.input_layernorm.weight", (h,), "norm")
-        yield from _linear(f"{b}.self_attn.q_proj", q, h, "attention", ab, t)
-        yield from _linear(f"{b}.self_attn.k_proj", kv, h, "attention", ab, t)
-        yield from _linear(f"{b}.self_attn.v_proj", kv, h, "attention", ab, t)
+        qkv_b = ab or p.qkv_bias  # Qwen2: q, k and v biased, o not
+        yield from _linear(f"{b}.self_attn.q_proj", q, h, "attention", qkv_b, t)
+        yield from _linear(f"{b}.self_attn.k_proj", kv, h, "attention", qkv_b, t)
+        yield from _linear(f"{b}.self_attn.v_proj", kv, h, "attention", qkv_b, t)
         yield from _linear(f"{b}.self_attn.o_proj", h, q, "attention", ab, t)
         yield TensorSpec(f"{b}.post_attention_layernorm.weight", (h,), "norm")
         if p.num_local_experts:

@@ -30,6 +30,7 @@ FAMILIES = {
     "opt": "opt",
     "gpt2": "gpt2",
     "mixtral": "llama",  # LLaMA attention and norms; each block's MLP is a mixture of experts (memplan/moe.py)
+    "qwen2": "llama",  # Qwen2 / Qwen2.5: LLaMA with biases on q, k and v (not o)
 }
 
 
@@ -39,7 +40,7 @@ class ModelProfile:
     """One model architecture, in Hugging Face `config.json` terms."""
 
     name: str
-    family: str  # "llama" (LLaMA/Mistral decoders, GQA), "bert" (BERT/RoBERTa encoders), "opt", "gpt2"
+    family: str  # "llama" (LLaMA/Mistral/Qwen2 decoders, GQA), "bert" (BERT/RoBERTa encoders), "opt", "gpt2"
     model_type: str
     hidden_size: int
     intermediate_size: int  # MLP width (OPT: ffn_dim; GPT-2: n_inner or 4*n_embd)
@@ -51,6 +52,7 @@ class ModelProfile:
     tie_word_embeddings: bool
     hidden_act: str
     attention_bias: bool = False  # biases on q, k, v, o
+    qkv_bias: bool = False  # biases on q, k and v only (Qwen2: o_proj has none)
     mlp_bias: bool = False  # biases on the MLP linears
     type_vocab_size: int = 0  # BERT-style token-type embeddings
     word_embed_proj_dim: int = 0  # OPT: embedding width when it differs from hidden_size
@@ -255,7 +257,8 @@ def model_from_config(cfg: dict, name: str, where: str, description: str = "") -
     if family is None:
         raise MemplanError(
             f"{where}: unsupported model_type {str(mtype)[:64]!r}. Supported: {', '.join(sorted(FAMILIES))} "
-            "(LLaMA-style decoders with GQA, Mixtral MoE decoders, BERT/RoBERTa encoders, OPT/GPT-2 decoders).")
+            "(LLaMA-style decoders with GQA, Qwen2 / Qwen2.5, Mixtral MoE decoders, BERT/RoBERTa encoders, "
+            "OPT/GPT-2 decoders).")
     r = _Reader(cfg, where)
     _check_unmodelled(r, family, mtype)
     L = limits
@@ -281,12 +284,16 @@ def model_from_config(cfg: dict, name: str, where: str, description: str = "") -
             hidden_act=r.text("hidden_act", r.text("activation_function", _DEFAULT_ACT[family])),
         )
         if family == "llama":
+            qwen2 = mtype == "qwen2"
             common.update(
                 tie_word_embeddings=r.flag("tie_word_embeddings", False),
-                attention_bias=r.flag("attention_bias", False), mlp_bias=r.flag("mlp_bias", False),
+                # Qwen2's attention has biases on q, k and v, always (its config has no key for them)
+                attention_bias=False if qwen2 else r.flag("attention_bias", False), qkv_bias=qwen2,
+                mlp_bias=False if qwen2 else r.flag("mlp_bias", False),
                 rms_norm_eps=r.number("rms_norm_eps", L.EPS, 1e-6),
                 rope_theta=r.number("rope_theta", L.ROPE_THETA, 10000.0),
-                sliding_window=r.integer("sliding_window", L.POSITIONS, default=0),
+                # Qwen2 reads its 'sliding_window' only with 'use_sliding_window' (refused above): no window
+                sliding_window=0 if qwen2 else r.integer("sliding_window", L.POSITIONS, default=0),
                 **_dropouts(cfg, where, "attention_dropout", None, 0.0),
             )
             if r.has("head_dim") and r.integer("head_dim", L.HIDDEN) * heads != h:

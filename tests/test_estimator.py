@@ -132,6 +132,12 @@ PROFILE_COUNTS = {
     "mixtral-8x7b": 46_702_792_704,  # MixtralForCausalLM: 8 experts per block, all counted
     "opt-1.3b": 1_315_758_080,  # OPTForCausalLM (HF class count, measured)
     "gpt2": 124_439_808,  # GPT2LMHeadModel, head tied
+    # Qwen2ForCausalLM: q, k, v biased; the model cards' 0.49B / 1.54B / 7.61B / 14.7B (non-embedding
+    # 0.36B / 1.31B / 6.53B); counted by the HF class in tests/test_hf_families.py too
+    "qwen2.5-0.5b": 494_032_768,
+    "qwen2.5-1.5b": 1_543_714_304,
+    "qwen2.5-7b": 7_615_616_512,
+    "qwen2.5-14b": 14_770_033_664,
 }
 
 

@@ -16,7 +16,8 @@ from memplan.measure.validate import EXACT, ValidateConfig, validate  # noqa: E4
 
 HF = Path(__file__).parent / "data" / "hf"
 FAMILIES = {"llama": "tiny_llama_gqa.json", "gpt2": "tiny_gpt2.json", "opt": "tiny_opt.json",
-            "roberta": "tiny_roberta.json", "bert": "tiny_bert.json", "nemo": "tiny_nemo.json"}
+            "roberta": "tiny_roberta.json", "bert": "tiny_bert.json", "nemo": "tiny_nemo.json",
+            "qwen2": "tiny_qwen2.json"}
 TOL = 0.01  # peak and activations within 1% of the measured peak
 
 

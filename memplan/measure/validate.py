@@ -165,6 +165,9 @@ def check_bundled(cfg) -> None:
     if p.family != "llama":
         raise ValueError(f"The bundled model is LLaMA-style; {p.name} is a {p.model_type} model. "
                          "Measure it with the Hugging Face class (--hf, needs transformers).")
+    if p.attention_bias or p.qkv_bias or p.mlp_bias:
+        raise ValueError(f"The bundled model has no biases; {p.name} has them. "
+                         "Measure it with the Hugging Face class (--hf, needs transformers).")
     if cfg.attn != "sdpa" or cfg.attn_dropout or cfg.hidden_dropout:
         raise ValueError("The bundled model has SDPA attention and no dropout; use --hf for --attn eager "
                          "or dropout.")
