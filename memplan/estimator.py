@@ -172,6 +172,12 @@ def _check_all(c: TrainingConfig) -> None:
     if c.model.num_local_experts and c.precision != "bf16":
         raise MemplanError(f"{c.model.name} is a mixture of experts: only --precision bf16 is modelled "
                            "(transformers' default grouped_mm experts run in bf16).")
+    if c.precision == "mixed" and c.model.family != "llama":
+        # measured (FakeTensorMode, transformers 5): autocast's weight copies and fp32 residual stream
+        # are modelled for LLaMA-style blocks only; GPT-2 / RoBERTa came out 8% / 19% low at the peak
+        raise MemplanError(f"--precision mixed is modelled for LLaMA-style decoders only (LLaMA, Mistral, Qwen2); "
+                           f"{c.model.name} is a {c.model.model_type} model, whose autocast copies are not "
+                           "modelled. Use --precision bf16 or fp32.")
     if c.target_modules is not None:
         resolve_targets(c.model, c.target_modules)  # each name must match a weight: a typo is an error
     _check_model_knobs(c)
@@ -576,7 +582,8 @@ def _step_terms(model: ModelProfile, targets, method_name: str, impl_name_: str,
 
     params = grads = states = projs = host = pinned = 0
     n_params = n_trainable = 0
-    largest_grad = first_grad = first_step_temp = step_temp = tied_grad = 0
+    largest_grad = first_grad = first_step_temp = step_temp = tied_grad = refresh_grad = cast_weights = 0
+    quantized_weights = wfmt != "bf16"  # int8 / nf4 block linears: their own kernels, no autocast cast
     dequant = (0, 0)  # NF4: (bytes, input width) of the largest base weight dequantized in backward
     refresh_temp = None
     n_quantized = 0
@@ -598,6 +605,10 @@ def _step_terms(model: ModelProfile, targets, method_name: str, impl_name_: str,
             continue
         n_trainable += n * numel
         grads += n * numel * gb
+        if prec.compute < prec.param and role in ("attention", "mlp", "adapter", "expert") and not quantized_weights:
+            # mixed precision: autocast's cache keeps the compute-dtype copy of each trainable weight a
+            # block's linear casts until the autocast region (the forward) ends
+            cast_weights += n * numel * prec.compute
         if role == "expert":  # one 3-D parameter holds all E experts: n counts experts, the rules see it whole
             E = model.num_local_experts
             col = shape.n
@@ -607,6 +618,8 @@ def _step_terms(model: ModelProfile, targets, method_name: str, impl_name_: str,
         if role == "expert" and method.name == "adafactor":
             st += (E - 1) * col * 4  # Adafactor factors over the last two dims: a column factor per expert
         largest_grad = max(largest_grad, numel * gb)
+        if (role == "adapter") if method.adapter else shape.projected:  # what a refresh works on
+            refresh_grad = max(refresh_grad, numel * gb)
         if offload.offloaded(offload_mode, numel):  # state and CPU step on the host (memplan/offload.py)
             h, pin = offload.host_bytes(numel, pb, gb, st + pj)
             host, pinned = host + n * h, pinned + n * pin
@@ -647,7 +660,7 @@ def _step_terms(model: ModelProfile, targets, method_name: str, impl_name_: str,
     if n_quantized:  # shared quantization maps: once, or once per optimizer (bitsandbytes per layer)
         states += QMAP_BYTES * (n_quantized if layerwise and impl.qmaps_per_optimizer else 1)
     return (params, grads, states, projs, host, pinned, n_params, n_trainable, largest_grad, first_grad,
-            first_step_temp, step_temp, tied_grad, refresh_temp, dequant, unmade, tail)
+            first_step_temp, step_temp, tied_grad, refresh_temp, dequant, unmade, tail, refresh_grad, cast_weights)
 
 
 def _static_part(c: TrainingConfig) -> tuple:
@@ -664,7 +677,7 @@ def _static_part(c: TrainingConfig) -> tuple:
     train_other = method.train_non_target if c.train_non_target is None else c.train_non_target
     r = c.rank if method.uses_rank else 0
     (params, grads, states, projs, host, pinned, n_params, n_trainable, largest_grad, first_grad, first_step_temp,
-     step_temp, tied_grad, refresh_temp, dequant, unmade, tail) = _step_terms(
+     step_temp, tied_grad, refresh_temp, dequant, unmade, tail, refresh_grad, cast_weights) = _step_terms(
         c.model, targets, method.name, impl.name, kn, weight_format(c), c.precision, r, train_other, c.layerwise,
         c.offload)
     adapted = _adapted_inputs(c.model, targets) if method.adapter else ()
@@ -673,7 +686,9 @@ def _static_part(c: TrainingConfig) -> tuple:
     terms = StepTerms(params, grads, first_grad, first_step_temp, largest_grad, states, projs, step_temp, refresh_temp,
                       per_tensor_grads, c.checkpointing, frozen_non_target=bool(method.adapter) and not train_other,
                       tied_gradient=tied_grad, dequant_weight=dequant[0], dequant_width=dequant[1],
-                      unmade_at_first_block=min(unmade, grads), block_tail_gradient=min(tail, grads))
+                      unmade_at_first_block=min(unmade, grads), block_tail_gradient=min(tail, grads),
+                      refresh_gradient=refresh_grad if refresh_temp is not None else 0,
+                      autocast_cache=cast_weights)
     prec = PRECISIONS[c.precision]
     model_kn = knobs_of(c, impl.adapter_bytes or 0, frozen_other=not train_other, base_weights=method.adapter != "lowrank")
     return (method, prec, r, adapted, model_kn, train_other, terms, n_params, n_trainable, host, pinned,

@@ -5,7 +5,9 @@ categories (ALGORITHMS.md, "The peak is not a sum"). Each phase is the moment of
 highest memory within it:
 
 - forward: end of the forward pass, while the loss is computed. No gradients
-  (zero_grad(set_to_none=True) freed the previous step's).
+  (zero_grad(set_to_none=True) freed the previous step's). Under autocast (mixed) with
+  checkpointing, autocast's cache still holds the bf16 copy of every trainable weight the
+  blocks cast, though the blocks saved nothing: freed when the forward returns.
 - backward: the largest of its ends. At its start everything saved is alive, plus
   the gradients of the loss w.r.t. the logits and the head's gradient; then the blocks
   run backward, last to first, each freeing its activations as the next gradients are
@@ -25,8 +27,10 @@ highest memory within it:
 - optimizer_step: all gradients, states and projectors, plus the transients of the
   step of the largest tensor (the bundled optimizers step one tensor at a time).
 - refresh_step: the optimizer step of a step that refreshes the projection, plus the
-  refresh transients (SVD / QR / merge) of the largest projected weight. Methods
-  without a refresh report the optimizer step again.
+  refresh transients (SVD / QR / merge) of the largest projected weight. With the
+  per-layer update the refresh runs in backward, in a projected weight's step in the
+  last block's backward (never the head's: it is not projected). Methods without a
+  refresh report the optimizer step again.
 
 Owned jointly with the measurement (memplan/measure/).
 """
@@ -58,6 +62,8 @@ class StepTerms:
     dequant_width: int = 0  # that linear's input width (its input gradient: width x token_bytes)
     unmade_at_first_block: int = 0  # gradient bytes not made yet at the first block's backward peak
     block_tail_gradient: int = 0  # gradient bytes a block's backward makes before its peak (its MLP's output linear)
+    refresh_gradient: int = 0  # per-layer update: the gradient a refresh works on (the largest projected or adapter one)
+    autocast_cache: int = 0  # mixed: the compute-dtype copies of the trainable block weights autocast caches in forward
 
 
 def _phase(t: StepTerms, gradients: int, activations: int, temporaries: int) -> dict[str, int]:
@@ -94,7 +100,10 @@ def moments_and_peak(t: StepTerms, a: Activations) -> tuple:
     """(the four moments, the peak phase's index in PHASES, its moment's sum): moments() and the
     largest of the four (the first of equal ones), found as they are made."""
     saved = a.saved(t.checkpointing, t.frozen_non_target)
-    forward = (0, saved, a.loss_fwd_transient)  # while the loss runs
+    # while the loss runs. Under autocast each trainable weight's bf16 copy stays in autocast's cache
+    # until the forward returns: saved for backward anyway (activations), but checkpointing drops what
+    # the blocks saved, and the cache still holds the copies
+    forward = (0, saved, a.loss_fwd_transient + (t.autocast_cache if t.checkpointing else 0))
     backward, b_sum = _backward(t, a, saved)
     inputs = a.inputs
     if t.layerwise:
@@ -106,9 +115,20 @@ def moments_and_peak(t: StepTerms, a: Activations) -> tuple:
     if r is None:
         refresh, r_sum = (backward, b_sum) if t.layerwise else (step, s_sum)
     elif t.layerwise:
-        # the refresh runs inside backward, at any of its moments: the largest of them with the
-        # refresh transients on top (a max over moments, so it grows with batch and sequence)
-        refresh, r_sum = _backward(t, a, saved, r)
+        # the refresh runs inside backward, in the step of a projected (or adapted) weight: the first in
+        # the last block's backward, with its gradient alive, what the head's and the final norm's
+        # backward saved freed (and, with checkpointing, the block recomputed), a tied head's gradient
+        # still in the engine's buffer. Not at the head's step or the loss's moments: the head is
+        # never projected
+        refresh, r_sum = backward, b_sum
+        g = t.refresh_gradient
+        frozen = t.frozen_non_target
+        released = a.head_weight_copy if frozen else a.head_released
+        final_norm = a.block_input if frozen else a.block_input + a.frozen_norm_saving
+        act = saved - a.loss_saved - released - final_norm
+        tmp = a.head_input_grad + (a.block if t.checkpointing else 0) + t.tied_gradient + r
+        if g + act + tmp > r_sum:
+            refresh, r_sum = (g, act, tmp), g + act + tmp
     else:
         refresh = (step[0], step[1], max(step[2], r))
         r_sum = sum(refresh)
@@ -122,23 +142,18 @@ def moments_and_peak(t: StepTerms, a: Activations) -> tuple:
     return (forward, backward, step, refresh), peak, top
 
 
-def _backward(t: StepTerms, a: Activations, saved: int, floor: int = 0) -> tuple:
-    """The backward phase's moment and its sum: the largest of its candidate moments, each with at least `floor`
-    temporary bytes (a refresh inside backward, per-layer update). The estimator's hot path (issue 14):
-    each candidate is compared as it is made, no list of them."""
+def _backward(t: StepTerms, a: Activations, saved: int) -> tuple:
+    """The backward phase's moment and its sum: the largest of its candidate moments. The estimator's
+    hot path (issue 14): each candidate is compared as it is made, no list of them."""
     loss_saved, grad_logits, head_in, first_grad = a.loss_saved, a.grad_logits, a.head_input_grad, t.first_gradient
     ckpt, layerwise, frozen = t.checkpointing, t.layerwise, t.frozen_non_target
     after_loss = saved - loss_saved  # the loss's backward released the log-softmax output
 
     # the loss's backward: nll's gradient and log_softmax's input gradient (fp32, t x V each)
     g, x, y = 0, saved, 2 * loss_saved
-    if y < floor:
-        y = floor
     best, top = (g, x, y), g + x + y
     if grad_logits != loss_saved:  # bf16 / mixed: the fp32 gradient cast to the compute dtype
         g, x, y = 0, after_loss, loss_saved + grad_logits
-        if y < floor:
-            y = floor
         if g + x + y > top:
             best, top = (g, x, y), g + x + y
     # the head's backward: the logits' gradient, the head's weight gradient and input gradient
@@ -146,17 +161,11 @@ def _backward(t: StepTerms, a: Activations, saved: int, floor: int = 0) -> tuple
     if copy:  # mixed: the matmul's weight gradient is bf16; its cast to the fp32 gradient follows, by
         # when the matmul has freed what it saved (its input and the weight's bf16 copy)
         g, x, y = 0, after_loss, grad_logits + head_in + copy
-        if y < floor:
-            y = floor
         if g + x + y > top:
             best, top = (g, x, y), g + x + y
         g, x, y = first_grad, after_loss - a.head_released, head_in + copy
-        if y < floor:
-            y = floor
     else:
         g, x, y = first_grad, after_loss, grad_logits + head_in
-        if y < floor:
-            y = floor
     if g + x + y > top:
         best, top = (g, x, y), g + x + y
     # checkpointing: a block's activations, recomputed in backward, are made then (transients, as the
@@ -164,8 +173,6 @@ def _backward(t: StepTerms, a: Activations, saved: int, floor: int = 0) -> tuple
     recomputed = a.block if ckpt else 0
     if ckpt:  # the last block recomputed while the head's input gradient flows in
         g, x, y = 0 if layerwise else first_grad, after_loss, head_in + recomputed
-        if y < floor:
-            y = floor
         if g + x + y > top:
             best, top = (g, x, y), g + x + y
     # what the head's backward frees: its saved input; a frozen head saved none, but under autocast
@@ -180,23 +187,17 @@ def _backward(t: StepTerms, a: Activations, saved: int, floor: int = 0) -> tuple
             # contribution waits in the engine's buffer, the sum holds three V x h tensors, then the step
             for g, x, y in ((0, a.inputs, 3 * tied), (tied, a.inputs, t.step_temp),
                             (0, after_loss, grad_logits + head_in + tied)):  # (the last: its first part)
-                if y < floor:
-                    y = floor
                 if g + x + y > top:
                     best, top = (g, x, y), g + x + y
             return best, top
         if first_grad:  # by then the head's backward has freed what it saved
             g, x, y = first_grad, after_loss - released, head_in + t.first_step_temp
-            if y < floor:
-                y = floor
             if g + x + y > top:
                 best, top = (g, x, y), g + x + y
         if t.largest_gradient > first_grad:
             # a block weight larger than the head (a mixture of experts' 3-D weight): made and
             # stepped in the last block's backward, while nearly all activations are still alive
             g, x, y = t.largest_gradient, after_loss - released, head_in + t.step_temp
-            if y < floor:
-                y = floor
             if g + x + y > top:
                 best, top = (g, x, y), g + x + y
         return best, top

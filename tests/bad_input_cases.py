@@ -79,6 +79,7 @@ FILES: dict[str, bytes] = {
     "mixtral_aux_loss.json": _j(MIXTRAL, output_router_logits=True),
     "head_dim.json": _j(BERT, head_dim=256),  # LLaMA-style configs model it (Mistral-NeMo); others refuse
     "bert_relative.json": _j(BERT, position_embedding_type="relative_key"),
+    "qwen2_window.json": _j(LLAMA, model_type="qwen2", use_sliding_window=True, sliding_window=4096),
     "model_type_number.json": _j(LLAMA, model_type=12),
     "t5.json": _j({"model_type": "t5", "d_model": 512}),
     "list.json": b"[1, 2, 3]",
@@ -209,6 +210,9 @@ CLI: list[Case] = [
     Case("estimate --offload --layout ddp", ("estimate", "--model", "llama-7b", "--offload", "optimizer", "--layout",
                                              "ddp", "--num-gpus", "2"),
          "CPU offload (--offload optimizer) is modeled on one GPU only"),
+    Case("gpt2 --precision mixed", ("estimate", "--model", "gpt2", "--precision", "mixed"),
+         "--precision mixed is modelled for LLaMA-style decoders only"),
+    Case("qwen2 use_sliding_window", ("estimate", "--model", "{d}/qwen2_window.json"), "key 'use_sliding_window'"),
     Case("plan --host-ram nan", ("plan", "--model", "llama-7b", "--offload", "optimizer", "--host-ram", "nan"),
          "--host-ram (GiB) must be a finite number"),
     Case("plan --min-headroom nan", ("plan", "--model", "llama-7b", "--min-headroom", "nan"),

@@ -4,7 +4,7 @@ import sys
 import types
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import memplan
@@ -63,6 +63,7 @@ FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthChe
 
 def _split(cfg):
     cfg = dict(cfg)
+    assume(cfg["precision"] != "mixed" or memplan.load_model(cfg["model"]).family == "llama")  # LLaMA-style only
     return cfg.pop("model"), cfg.pop("method"), gpu_of(cfg.pop("mib")), cfg
 
 

@@ -15,9 +15,9 @@ Four physical exceptions, all deliberate:
   keeps without it when the embeddings are frozen (QLoRA): where the first block's
   backward sets the peak (a sequence of one or two tokens), it uses that much more.
 """
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
-from memplan import METHODS, estimate
+from memplan import METHODS, estimate, load_model
 
 MODELS = ["llama-60m", "llama-350m", "llama3-8b", "roberta-base", "opt-13b"]
 RANKED = sorted(m for m, meth in METHODS.items() if meth.uses_rank)
@@ -33,6 +33,7 @@ common = dict(
 
 
 def est(model, method, precision, batch, seq, layerwise, ckpt, rank=32):
+    assume(precision != "mixed" or load_model(model).family == "llama")  # mixed: LLaMA-style decoders only
     return estimate(model, method, rank=rank, precision=precision, batch_size=batch, seq_len=seq,
                     layerwise=layerwise, checkpointing=ckpt)
 
