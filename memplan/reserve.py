@@ -31,8 +31,6 @@ without a GPU the defaults below are used.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 from memplan.units import MiB
 
 GRADIENT_SHARE = 0.27
@@ -41,6 +39,7 @@ CHECKPOINT_BLOCKS = 4.0
 LAYERWISE_SHARE = 0.05
 DEFAULT_CONTEXT_BYTES = 530 * MiB  # profiles/gpus.toml: families not measured (source there)
 DEFAULT_WORKSPACE_BYTES = 16640 * 1024  # two 8,519,680 B cuBLAS workspaces (profiles/gpus.toml, pre-Hopper)
+_NO_GPU_OUTSIDE = DEFAULT_CONTEXT_BYTES + DEFAULT_WORKSPACE_BYTES  # outside_tensors(None)
 
 
 def fragmentation_bytes(phases: dict, checkpoint_block: int = 0, layerwise_gradients: int = 0,
@@ -73,7 +72,14 @@ def workspace_bytes(gpu=None) -> int:
     return kib * 1024 if kib else DEFAULT_WORKSPACE_BYTES
 
 
-@lru_cache(maxsize=256)  # once per GPU profile: an estimate asks for it every time
 def outside_tensors(gpu=None) -> int:
-    """What the device total adds besides the tensors and fragmentation: workspaces + context."""
-    return context_bytes(gpu) + workspace_bytes(gpu)
+    """What the device total adds besides the tensors and fragmentation: workspaces + context. Kept in
+    the profile (a name with '_': not pickled): an estimate asks for it every time, and a table lookup
+    would hash the profile each time."""
+    if gpu is None:
+        return _NO_GPU_OUTSIDE
+    try:
+        return gpu.__dict__["_outside_tensors"]
+    except KeyError:
+        out = gpu.__dict__["_outside_tensors"] = context_bytes(gpu) + workspace_bytes(gpu)
+        return out
