@@ -41,6 +41,7 @@ class Activations:
     head_weight_copy: int = 0  # mixed: autocast's bf16 copy of the head weight, saved by its matmul
     token_bytes: int = 0  # one compute-dtype value per token (c x t): a width-w activation is w x token_bytes
     block_backward: int = 0  # what a block's backward holds beyond its saved tensors and incoming gradient
+    frozen_qk_norm_saving: int = 0  # Qwen3: what a block's q and k norms stop saving when their weights are frozen
 
     def saved(self, checkpointing: bool, frozen_outside: bool = False) -> int:
         """Everything held for backward at the end of the forward pass.
@@ -54,6 +55,8 @@ class Activations:
         if frozen_outside:
             blocks_norms = 0 if checkpointing else 2 * self.n_blocks
             total -= (blocks_norms + 1) * self.frozen_norm_saving + self.head_input_saving
+            if not checkpointing:
+                total -= self.n_blocks * self.frozen_qk_norm_saving
             if not checkpointing:
                 total -= self.first_norm_input
         return total
@@ -156,6 +159,10 @@ def _llama_block(p: ModelProfile, t: int, b: int, s: int, c: int, x: int, k: Kno
         # fp32 norm output to bf16 once per consuming linear: 3 copies (q, k, v) + 2 (gate, up)
         norms += 2 * (x - c) * t * h + 3 * c * t * h
     attn = _attention(t, b, s, nh, qd, kv, c, k, softmax_fp32=True)
+    if p.qk_norm:  # Qwen3: q_norm, k_norm (RMSNorm over each head) on q_proj's and k_proj's compute-dtype
+        # output: its fp32 upcast (4 B), rsqrt per head and token (4 B), the normalized value cast back
+        # (c, saved by the weight multiply); RoPE saves only cos and sin, SDPA the rotated q and k as before
+        attn += (4 + c) * t * (qd + kv) + 4 * t * (nh + p.num_key_value_heads)
     mlp = 4 * c * t * i  # gate out (saved by SiLU), SiLU out and up out (saved by the product), product (down_proj input)
     if x != c:  # autocast's bf16 copies of the block's linear weights, saved by the matmuls
         mlp += c * (2 * h * qd + 2 * h * kv + 3 * h * i)
@@ -413,4 +420,4 @@ def activations(p: ModelProfile, batch: int, seq: int, c: int, x: int, adapter_r
     head_released = 0 if p.family == "bert" else c * t * h + copy
     return Activations(block, x * t * h, outside, inputs, logits, loss_saved, fwd_transient, logits,
                        c * t * h, frozen_norm, first_norm, p.num_hidden_layers, head_released, copy, c * t,
-                       _block_backward(p, t, c))
+                       _block_backward(p, t, c), c * t * (p.q_dim + p.kv_dim) if p.qk_norm else 0)

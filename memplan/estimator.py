@@ -175,7 +175,7 @@ def _check_all(c: TrainingConfig) -> None:
     if c.precision == "mixed" and c.model.family != "llama":
         # measured (FakeTensorMode, transformers 5): autocast's weight copies and fp32 residual stream
         # are modelled for LLaMA-style blocks only; GPT-2 / RoBERTa came out 8% / 19% low at the peak
-        raise MemplanError(f"--precision mixed is modelled for LLaMA-style decoders only (LLaMA, Mistral, Qwen2); "
+        raise MemplanError(f"--precision mixed is modelled for LLaMA-style decoders only (LLaMA, Mistral, Qwen); "
                            f"{c.model.name} is a {c.model.model_type} model, whose autocast copies are not "
                            "modelled. Use --precision bf16 or fp32.")
     if c.target_modules is not None:

@@ -78,6 +78,9 @@ def _llama(p: ModelProfile, t):
         yield from _linear(f"{b}.self_attn.k_proj", kv, h, "attention", qkv_b, t)
         yield from _linear(f"{b}.self_attn.v_proj", kv, h, "attention", qkv_b, t)
         yield from _linear(f"{b}.self_attn.o_proj", h, q, "attention", ab, t)
+        if p.qk_norm:  # Qwen3: one RMSNorm weight per head width, shared by the heads
+            yield TensorSpec(f"{b}.self_attn.q_norm.weight", (p.head_dim,), "norm")
+            yield TensorSpec(f"{b}.self_attn.k_norm.weight", (p.head_dim,), "norm")
         yield TensorSpec(f"{b}.post_attention_layernorm.weight", (h,), "norm")
         if p.num_local_experts:
             yield from moe_tensors(p, f"{b}.mlp")

@@ -222,7 +222,7 @@ def _backward(t: StepTerms, a: Activations, saved: int) -> tuple:
     # the first block's backward: every gradient but its own and the embeddings' (made after it),
     # its activations alive (recomputed under checkpointing, beside its kept input). Activations
     # shrink and gradients grow block by block, so the first and the last block are the ends
-    first = a.block - 2 * a.frozen_norm_saving - a.first_norm_input if frozen else a.block
+    first = a.block - 2 * a.frozen_norm_saving - a.frozen_qk_norm_saving - a.first_norm_input if frozen else a.block
     kept, made = (a.block_input, first) if ckpt else (first, 0)
     # (a recomposition that sets the gradients aside, memplan/parallel.py, leaves none made)
     g, x, y = max(gradients - t.unmade_at_first_block, 0), inputs + kept, head_in + made + inside + tied

@@ -31,6 +31,7 @@ FAMILIES = {
     "gpt2": "gpt2",
     "mixtral": "llama",  # LLaMA attention and norms; each block's MLP is a mixture of experts (memplan/moe.py)
     "qwen2": "llama",  # Qwen2 / Qwen2.5: LLaMA with biases on q, k and v (not o)
+    "qwen3": "llama",  # Qwen3: LLaMA with an RMSNorm over each head of q and of k
 }
 
 
@@ -53,6 +54,7 @@ class ModelProfile:
     hidden_act: str
     attention_bias: bool = False  # biases on q, k, v, o
     qkv_bias: bool = False  # biases on q, k and v only (Qwen2: o_proj has none)
+    qk_norm: bool = False  # an RMSNorm over each head's q and k, before RoPE (Qwen3)
     mlp_bias: bool = False  # biases on the MLP linears
     type_vocab_size: int = 0  # BERT-style token-type embeddings
     word_embed_proj_dim: int = 0  # OPT: embedding width when it differs from hidden_size
@@ -257,7 +259,7 @@ def model_from_config(cfg: dict, name: str, where: str, description: str = "") -
     if family is None:
         raise MemplanError(
             f"{where}: unsupported model_type {str(mtype)[:64]!r}. Supported: {', '.join(sorted(FAMILIES))} "
-            "(LLaMA-style decoders with GQA, Qwen2 / Qwen2.5, Mixtral MoE decoders, BERT/RoBERTa encoders, "
+            "(LLaMA-style decoders with GQA, Qwen2 / Qwen2.5 / Qwen3, Mixtral MoE decoders, BERT/RoBERTa encoders, "
             "OPT/GPT-2 decoders).")
     r = _Reader(cfg, where)
     _check_unmodelled(r, family, mtype)
@@ -284,7 +286,7 @@ def model_from_config(cfg: dict, name: str, where: str, description: str = "") -
             hidden_act=r.text("hidden_act", r.text("activation_function", _DEFAULT_ACT[family])),
         )
         if family == "llama":
-            qwen2 = mtype == "qwen2"
+            qwen2, qwen3 = mtype == "qwen2", mtype == "qwen3"
             common.update(
                 tie_word_embeddings=r.flag("tie_word_embeddings", False),
                 # Qwen2's attention has biases on q, k and v, always (its config has no key for them)
@@ -292,8 +294,9 @@ def model_from_config(cfg: dict, name: str, where: str, description: str = "") -
                 mlp_bias=False if qwen2 else r.flag("mlp_bias", False),
                 rms_norm_eps=r.number("rms_norm_eps", L.EPS, 1e-6),
                 rope_theta=r.number("rope_theta", L.ROPE_THETA, 10000.0),
-                # Qwen2 reads its 'sliding_window' only with 'use_sliding_window' (refused above): no window
-                sliding_window=0 if qwen2 else r.integer("sliding_window", L.POSITIONS, default=0),
+                # Qwen2 / Qwen3 read 'sliding_window' only with 'use_sliding_window' (refused above): no window
+                sliding_window=0 if qwen2 or qwen3 else r.integer("sliding_window", L.POSITIONS, default=0),
+                qk_norm=qwen3,
                 **_dropouts(cfg, where, "attention_dropout", None, 0.0),
             )
             if r.has("head_dim") and r.integer("head_dim", L.HIDDEN) * heads != h:

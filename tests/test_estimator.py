@@ -138,6 +138,10 @@ PROFILE_COUNTS = {
     "qwen2.5-1.5b": 1_543_714_304,
     "qwen2.5-7b": 7_615_616_512,
     "qwen2.5-14b": 14_770_033_664,
+    # Qwen3ForCausalLM: q_norm and k_norm (head_dim each) per block; the cards' 0.6B / 8.2B (non-embedding
+    # 0.44B / 6.95B)
+    "qwen3-0.6b": 596_049_920,
+    "qwen3-8b": 8_190_735_360,
 }
 
 

@@ -17,7 +17,7 @@ from memplan.measure.validate import EXACT, ValidateConfig, validate  # noqa: E4
 HF = Path(__file__).parent / "data" / "hf"
 FAMILIES = {"llama": "tiny_llama_gqa.json", "gpt2": "tiny_gpt2.json", "opt": "tiny_opt.json",
             "roberta": "tiny_roberta.json", "bert": "tiny_bert.json", "nemo": "tiny_nemo.json",
-            "qwen2": "tiny_qwen2.json"}
+            "qwen2": "tiny_qwen2.json", "qwen3": "tiny_qwen3.json"}
 TOL = 0.01  # peak and activations within 1% of the measured peak
 
 
@@ -50,6 +50,15 @@ def test_family_with_dropout(family, attn):
     # attention and hidden dropout 0.1: masks per residual branch; eager keeps the dropped probabilities;
     # on the CPU SDPA with dropout takes the math path (validation estimates with the CPU kernels)
     run(family, attn=attn, attn_dropout=0.1, hidden_dropout=0.1)
+
+
+@pytest.mark.parametrize("method,kw", [("lora", {}), ("lora", {"checkpointing": True}),
+                                       ("lora", {"precision": "mixed"}),
+                                       ("galore", {"precision": "mixed", "checkpointing": True})])
+def test_qwen3_norms_over_q_and_k(method, kw):
+    # Qwen3's q_norm and k_norm save an fp32 upcast, a per-head rsqrt and, with a trainable weight, the
+    # normalized value; frozen (LoRA) they keep only the first two
+    run("qwen3", method=method, attn_dropout=0.0, hidden_dropout=0.0, **kw)
 
 
 def test_activations_follow_the_settings():

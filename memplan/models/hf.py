@@ -6,6 +6,7 @@ no download), to measure what users actually train next to the bundled model.
 | llama (``llama``), mistral (``mistral``) | ``LlamaForCausalLM``, ``MistralForCausalLM`` |
 | llama with experts (``mixtral``) | ``MixtralForCausalLM`` |
 | llama with q, k, v biases (``qwen2``) | ``Qwen2ForCausalLM`` |
+| llama with q and k norms (``qwen3``) | ``Qwen3ForCausalLM`` |
 | gpt2 | ``GPT2LMHeadModel`` |
 | opt | ``OPTForCausalLM`` |
 | bert / roberta / xlm-roberta | ``BertForMaskedLM``, ``RobertaForMaskedLM``, ``XLMRobertaForMaskedLM`` |
@@ -27,7 +28,8 @@ __all__ = ["build_hf_model", "hf_config", "hf_class_name", "HF_CLASSES", "ATTN_I
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "gpt2": "GPT2LMHeadModel",
               "opt": "OPTForCausalLM", "bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM",
-              "xlm-roberta": "XLMRobertaForMaskedLM", "mixtral": "MixtralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+              "xlm-roberta": "XLMRobertaForMaskedLM", "mixtral": "MixtralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+              "qwen3": "Qwen3ForCausalLM"}
 
 
 def hf_class_name(profile) -> str | None:
@@ -79,6 +81,9 @@ def hf_config(profile, attn_implementation: str = "sdpa", attn_dropout: float | 
     if mtype == "qwen2":  # full attention in every layer (memplan refuses use_sliding_window)
         kwargs.update(use_sliding_window=False, sliding_window=None)
         del kwargs["attention_bias"], kwargs["mlp_bias"]  # Qwen2's biases are fixed by its class
+    if mtype == "qwen3":
+        kwargs.update(use_sliding_window=False, sliding_window=None)
+        del kwargs["mlp_bias"]
     if mtype == "mixtral":  # memplan/moe.py: experts, router, top-k; no jitter, no auxiliary loss
         kwargs.update(num_local_experts=profile.num_local_experts, num_experts_per_tok=profile.num_experts_per_tok,
                       router_jitter_noise=0.0, output_router_logits=False, sliding_window=None)
