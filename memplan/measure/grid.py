@@ -5,8 +5,8 @@ CPU's bf16 matmuls are ~50x slower than fp32), llama-1b and llama-7b under
 FakeTensorMode in bf16 (the GaLore recipes' precision); every method; layer-wise
 on and off; checkpointing on and off (see ``_SMALL`` for which model gets which).
 ``full`` runs every combination on every model. Both also measure the Hugging Face class
-of every family memplan estimates (``_FAMILIES``: LLaMA, Llama-3, Mistral, GPT-2, OPT,
-RoBERTa) at activation-heavy points (batch x seq 4 x 1024, fake; RoBERTa 4 x 512, its
+of every family memplan estimates (``_FAMILIES``: LLaMA, Llama-3, Mistral, Qwen2.5, Qwen3,
+GPT-2, OPT, RoBERTa; two in mixed precision with checkpointing) at activation-heavy points (batch x seq 4 x 1024, fake; RoBERTa 4 x 512, its
 longest), with SDPA and eager attention, with the config's dropout and without
 (``families`` runs these alone).
 """
@@ -22,7 +22,7 @@ ALL_METHODS = ("adamw", "sgd", "adafactor", "adam8bit", "lora", "relora", "lowra
                "golore", "sumo", "gradnormlorp", "gradnormlorp8bit")
 RANKS = {"llama-60m": 128, "llama-130m": 256, "llama-350m": 256, "llama-1b": 512, "llama-3b": 512,
          "llama-7b": 1024, "llama-13b": 1024, "gpt2": 16, "opt-1.3b": 16, "roberta-base": 16, "mistral-7b": 16,
-         "llama3-8b": 16}
+         "llama3-8b": 16, "qwen2.5-7b": 16, "qwen3-8b": 16, "qwen3-0.6b": 16}
 
 ON_OFF = ((False, False), (False, True), (True, False), (True, True))  # (layerwise, checkpointing)
 PLAIN = ((False, False), (True, True))
@@ -79,6 +79,11 @@ _FAMILIES = [
     ("roberta-base", 4, 512, ("adamw:torch-forloop",), (SDPA, EAGER, {**SDPA, "attn_dropout": 0.0})),
     ("mistral-7b", 4, 512, ("lora:peft",), (SDPA,)),
     ("llama3-8b", 4, 512, ("lora:peft",), (SDPA,)),
+    ("qwen2.5-7b", 4, 512, ("adamw:torch-forloop", "lora:peft"), (SDPA,)),
+    ("qwen3-8b", 4, 512, ("adamw:torch-forloop", "lora:peft"), (SDPA, EAGER)),
+    # autocast with checkpointing: the cached bf16 weight copies hold the forward's moment
+    ("llama-1b", 4, 512, ("adamw:torch-forloop",), ({**SDPA, "precision": "mixed", "checkpointing": True},)),
+    ("qwen3-0.6b", 4, 512, ("lora:peft",), ({**SDPA, "precision": "mixed", "checkpointing": True},)),
 ]
 
 
