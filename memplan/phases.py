@@ -104,7 +104,14 @@ def moments_and_peak(t: StepTerms, a: Activations) -> tuple:
     # until the forward returns: saved for backward anyway (activations), but checkpointing drops what
     # the blocks saved, and the cache still holds the copies
     forward = (0, saved, a.loss_fwd_transient + (t.autocast_cache if t.checkpointing else 0))
-    backward, b_sum = _backward(t, a, saved)
+    # the activations alive in the last block's backward: all saved but the loss's, what the head's
+    # backward frees (its saved input; a frozen head saved none, but under autocast its matmul saved the
+    # weight's bf16 copy) and what the final norm's frees (its input, and a trainable weight's
+    # normalized value)
+    frozen = t.frozen_non_target
+    last_block = saved - a.loss_saved - (a.head_weight_copy if frozen else a.head_released) \
+        - (a.block_input if frozen else a.block_input + a.frozen_norm_saving)
+    backward, b_sum = _backward(t, a, saved, last_block)
     inputs = a.inputs
     if t.layerwise:
         step, s_sum = (0, inputs, 0), inputs
@@ -116,16 +123,11 @@ def moments_and_peak(t: StepTerms, a: Activations) -> tuple:
         refresh, r_sum = (backward, b_sum) if t.layerwise else (step, s_sum)
     elif t.layerwise:
         # the refresh runs inside backward, in the step of a projected (or adapted) weight: the first in
-        # the last block's backward, with its gradient alive, what the head's and the final norm's
-        # backward saved freed (and, with checkpointing, the block recomputed), a tied head's gradient
-        # still in the engine's buffer. Not at the head's step or the loss's moments: the head is
-        # never projected
+        # the last block's backward, with its gradient alive (and, with checkpointing, the block
+        # recomputed), a tied head's gradient still in the engine's buffer. Not at the head's step or
+        # the loss's moments: the head is never projected
         refresh, r_sum = backward, b_sum
-        g = t.refresh_gradient
-        frozen = t.frozen_non_target
-        released = a.head_weight_copy if frozen else a.head_released
-        final_norm = a.block_input if frozen else a.block_input + a.frozen_norm_saving
-        act = saved - a.loss_saved - released - final_norm
+        g, act = t.refresh_gradient, last_block
         tmp = a.head_input_grad + (a.block if t.checkpointing else 0) + t.tied_gradient + r
         if g + act + tmp > r_sum:
             refresh, r_sum = (g, act, tmp), g + act + tmp
@@ -142,7 +144,7 @@ def moments_and_peak(t: StepTerms, a: Activations) -> tuple:
     return (forward, backward, step, refresh), peak, top
 
 
-def _backward(t: StepTerms, a: Activations, saved: int) -> tuple:
+def _backward(t: StepTerms, a: Activations, saved: int, last_block: int) -> tuple:
     """The backward phase's moment and its sum: the largest of its candidate moments. The estimator's
     hot path (issue 14): each candidate is compared as it is made, no list of them."""
     loss_saved, grad_logits, head_in, first_grad = a.loss_saved, a.grad_logits, a.head_input_grad, t.first_gradient
@@ -208,11 +210,9 @@ def _backward(t: StepTerms, a: Activations, saved: int) -> tuple:
         deq = t.dequant_weight + t.dequant_width * a.token_bytes
         if deq > inside:
             inside = deq
-    # the last block's: every activation alive but the head's (the block recomputed first under
-    # checkpointing), the head's gradient and the MLP output linear's made (the final norm's backward
-    # has freed its saved input, and a trainable weight's normalized value)
-    final_norm = a.block_input if frozen else a.block_input + a.frozen_norm_saving
-    g, x, y = first_grad + t.block_tail_gradient, after_loss - released - final_norm, head_in + recomputed + inside
+    # the last block's: every activation alive but the head's and the final norm's (the block
+    # recomputed first under checkpointing), the head's gradient and the MLP output linear's made
+    g, x, y = first_grad + t.block_tail_gradient, last_block, head_in + recomputed + inside
     if g + x + y > top:
         best, top = (g, x, y), g + x + y
     # end of backward: every gradient; only the batch is left of the activations
