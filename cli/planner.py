@@ -250,7 +250,7 @@ def plan(method, gpus, gpu_counts, layouts, sort, top, min_headroom, as_json, **
             raise SystemExit(NOTHING_FITS)
         return
     config = make_config(opts["model"], method, **kw)
-    host = estimate_config(config).host_bytes
+    host = rows[0].host_bytes if rows else estimate_config(config).host_bytes  # (the same on every row)
     if not rows and host_ram is not None and host > host_ram:
         click.echo(f"Nothing fits: the offloaded optimizer (--offload {config.offload}) needs {host / GiB:.2f} GiB of "
                    f"host memory, more than --host-ram {host_ram / GiB:.2f} GiB. Use a larger --host-ram, "
@@ -263,7 +263,7 @@ def plan(method, gpus, gpu_counts, layouts, sort, top, min_headroom, as_json, **
                    f"{config.seq_len}, on any GPU profile and count considered. Try "
                    + ", ".join(hints + ["a smaller --batch-size or --seq-len", "--gpu-counts 16"]) + ".")
         raise SystemExit(NOTHING_FITS)
-    click.echo(plan_table(rows, config, int(headroom * GiB), host, host_ram))
+    click.echo(plan_table(rows, config, int(headroom * GiB), host_ram))
 
 
 COMMANDS = [fit, compare, sweep, plan]

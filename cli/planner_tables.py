@@ -174,7 +174,7 @@ def sweep_table(rows: list[dict], gpu: GPUProfile | None) -> str:
 
 # ---------------------------------------------------------------- plan
 
-def plan_table(rows: list[PlanRow], config: TrainingConfig, min_headroom: int = 0, host_bytes: int = 0,
+def plan_table(rows: list[PlanRow], config: TrainingConfig, min_headroom: int = 0,
                host_ram: int | None = None) -> str:
     money = lambda v, fmt: "-" if v is None else fmt.format(v)  # noqa: E731
     table = [[i, r.gpu.id, r.num_gpus, r.engine, g(r.per_gpu_bytes), g(r.capacity_bytes), signed(r.headroom_bytes),
@@ -194,7 +194,7 @@ def plan_table(rows: list[PlanRow], config: TrainingConfig, min_headroom: int = 
     if config.layerwise:
         lines.append("The per-layer update is single-GPU only (as in GaLore's public code): multi-GPU rows left out.")
     if config.offload != "none":
-        lines.append(f"Host memory: {g(host_bytes)} GiB on every row (pinned weight and gradient copies + optimizer "
+        lines.append(f"Host memory: {g(rows[0].host_bytes)} GiB on every row (pinned weight and gradient copies + optimizer "
                      f"state; --offload {config.offload}"
                      + (f"; fits in --host-ram {g(host_ram)} GiB" if host_ram is not None else "")
                      + "). CPU offload is modeled on one GPU only: multi-GPU rows left out.")

@@ -41,7 +41,7 @@ class ModelProfile:
     """One model architecture, in Hugging Face `config.json` terms."""
 
     name: str
-    family: str  # "llama" (LLaMA/Mistral/Qwen2 decoders, GQA), "bert" (BERT/RoBERTa encoders), "opt", "gpt2"
+    family: str  # "llama" (LLaMA/Mistral/Qwen decoders, GQA), "bert" (BERT/RoBERTa encoders), "opt", "gpt2"
     model_type: str
     hidden_size: int
     intermediate_size: int  # MLP width (OPT: ffn_dim; GPT-2: n_inner or 4*n_embd)
